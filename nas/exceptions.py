@@ -1,0 +1,31 @@
+"""One exception root for hwnas; each boundary (CLI, API) translates it to one clear message."""
+
+from __future__ import annotations
+
+__all__ = [
+    "HwnasError",
+    "SearchSpaceError",
+    "DataError",
+    "CheckpointError",
+    "InfeasibleConstraintError",
+]
+
+
+class HwnasError(Exception):
+    """Root of every error hwnas raises on purpose; its message is meant for the user."""
+
+
+class SearchSpaceError(HwnasError, ValueError):
+    """A subnet config or a search space is malformed, or a subnet lies outside its space."""
+
+
+class DataError(HwnasError):
+    """Training or evaluation data is missing, unreadable or malformed."""
+
+
+class CheckpointError(HwnasError):
+    """A checkpoint is missing, corrupt, or does not match what it is loaded into."""
+
+
+class InfeasibleConstraintError(HwnasError):
+    """No subnet satisfies a constraint within the sampling budget."""

@@ -1,0 +1,44 @@
+"""Weight-sharing SuperTransformer, standalone SubTransformers, data, training and evaluation."""
+
+from hwnas.supernet._checkpoint import LoadedSupernet, load_supernet, read_checkpoint
+from hwnas.supernet._data import (
+    BIBLE_TRANSLATIONS,
+    DataSpec,
+    ParallelCorpus,
+    load_bible,
+    read_parallel_files,
+    train_tokenizer,
+)
+from hwnas.supernet._evaluate import EvalResult, bleu, corpus_loss, evaluate_subnet, translate
+from hwnas.supernet._generate import beam_search, greedy_decode
+from hwnas.supernet._model import EncoderOut, ModelConfig, SubTransformer, count_params
+from hwnas.supernet._super import SubnetView, SuperTransformer
+from hwnas.supernet._train import TrainConfig, TrainResult, train_supernet
+
+__all__ = [
+    "BIBLE_TRANSLATIONS",
+    "DataSpec",
+    "EncoderOut",
+    "EvalResult",
+    "LoadedSupernet",
+    "ModelConfig",
+    "ParallelCorpus",
+    "SubTransformer",
+    "SubnetView",
+    "SuperTransformer",
+    "TrainConfig",
+    "TrainResult",
+    "beam_search",
+    "bleu",
+    "corpus_loss",
+    "count_params",
+    "evaluate_subnet",
+    "greedy_decode",
+    "load_bible",
+    "load_supernet",
+    "read_checkpoint",
+    "read_parallel_files",
+    "train_supernet",
+    "train_tokenizer",
+    "translate",
+]
