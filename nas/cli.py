@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from hwnas.exceptions import HwnasError, SearchSpaceError
 from platformdirs import user_data_dir
 from rich.console import Console
 from rich.table import Table
-
-from hwnas.exceptions import HwnasError, SearchSpaceError
 
 if TYPE_CHECKING:  # heavy imports (torch) wait until a command needs them
     from hwnas.search_spaces import SearchSpace, SubnetConfig
@@ -96,7 +95,6 @@ def supernet_train(
 ) -> None:
     """Train a SuperTransformer on real parallel text, one sampled subnet per step."""
     import torch
-
     from hwnas.search_spaces import get_space
     from hwnas.supernet import DataSpec, TrainConfig, train_supernet
 

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer
-
 from hwnas.exceptions import CheckpointError
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet._data import load_tokenizer
 from hwnas.supernet._model import ModelConfig
 from hwnas.supernet._super import SuperTransformer
+from tokenizers import Tokenizer
 
 FORMAT = "hwnas-supernet/1"
 

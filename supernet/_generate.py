@@ -9,9 +9,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
-from torch import Tensor
-
 from hwnas.supernet._model import Cache, EncoderOut
+from torch import Tensor
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -39,7 +38,7 @@ def _max_len(src: Tensor, max_len_a: float, max_len_b: int) -> int:
 
 @torch.no_grad()
 def greedy_decode(model: Decodable, src: Tensor, *, max_len_a: float = 1.5, max_len_b: int = 10) -> list[list[int]]:
-    """Token ids (without specials) of the greedy translation of each source row (B, S)."""
+    """Token ids (without specials, at most max_len_a * S + max_len_b) of each row's greedy translation."""
     enc = model.encode(src)
     B = src.shape[0]
     prev = torch.full((B, 1), BOS, dtype=torch.long)
@@ -74,11 +73,11 @@ def beam_search(model: Decodable, src: Tensor, *, beam: int = 4, lenpen: float =
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     cache: Cache | None = None
     max_len = _max_len(src, max_len_a, max_len_b)
-    for step in range(max_len):
+    for step in range(max_len + 1):  # at most max_len tokens, then </s>
         logits, cache = model.decode_step(tokens[:, -1:], enc, cache)
         logp = logits.log_softmax(-1)  # (B*K, V)
         logp[:, PAD] = float("-inf")
-        if step == max_len - 1:  # force an end
+        if step == max_len:  # force an end
             logp[:, :EOS] = float("-inf")
             logp[:, EOS + 1:] = float("-inf")
         V = logp.shape[-1]

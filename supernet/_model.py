@@ -15,9 +15,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from hwnas.search_spaces import SubnetConfig
+from torch import Tensor, nn
 
 Cache = list[dict[str, Tensor]]
 

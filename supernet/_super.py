@@ -11,11 +11,10 @@ import functools
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call
-
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet._model import Cache, EncoderOut, ModelConfig, SubTransformer, init_weights
+from torch import Tensor, nn
+from torch.func import functional_call
 
 
 class _Call(nn.Module):

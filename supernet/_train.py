@@ -17,10 +17,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from tokenizers import Tokenizer
-
 from hwnas.exceptions import CheckpointError
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet._checkpoint import read_checkpoint, save_checkpoint
@@ -36,6 +32,9 @@ from hwnas.supernet._data import (
 )
 from hwnas.supernet._model import ModelConfig
 from hwnas.supernet._super import SuperTransformer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from tokenizers import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +116,8 @@ def train_supernet(
     path = out / "checkpoint.pt"
     state: dict[str, Any] | None = read_checkpoint(path) if resume and path.exists() else None
     if state is not None and state["space"] != space.to_dict():
-        raise CheckpointError(f"checkpoint '{path}' was trained on space '{state['space']['name']}', not '{space.name}'")
+        trained_on = state["space"]["name"]
+        raise CheckpointError(f"checkpoint '{path}' was trained on space '{trained_on}', not '{space.name}'")
 
     train_text = data.load("train")
     tok: Tokenizer = load_tokenizer(state["tokenizer"]) if state else train_tokenizer(train_text, config.vocab_size)

@@ -1,0 +1,116 @@
+"""The CLI as users run it: a real subprocess; bad input is one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_SPACE_DICT
+
+SUBNET = {  # a subnet of the tiny test space
+    "encoder_embed_dim": 16, "encoder_layer_num": 2, "encoder_ffn_embed_dim": [32, 48],
+    "encoder_self_attention_heads": [2, 4], "decoder_embed_dim": 24, "decoder_layer_num": 1,
+    "decoder_ffn_embed_dim": [48], "decoder_self_attention_heads": [4], "decoder_ende_attention_heads": [2],
+    "decoder_arbitrary_ende_attn": [2],
+}
+
+
+def hwnas(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HWNAS_HOME": str(home)} if home else dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "hwnas.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, bible_dir: Path) -> tuple[Path, Path]:
+    """A tiny supernet trained through the CLI on real Bible text: (space file, checkpoint)."""
+    root = tmp_path_factory.mktemp("cli")
+    space = root / "tiny.json"
+    space.write_text(json.dumps(TINY_SPACE_DICT))
+    out = root / "run"
+    r = hwnas("supernet", "train", "--space", str(space), "--data", f"files:{bible_dir}:de-en", "--out", str(out),
+              "--steps", "4", "--max-tokens", "300", "--vocab-size", "300", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "step 4" in r.stdout
+    return space, out / "checkpoint.pt"
+
+
+def test_spaces_commands() -> None:
+    listed = hwnas("spaces", "list")
+    assert listed.returncode == 0 and "wmt14.en-de" in listed.stdout and "quickstart" in listed.stdout
+    shown = hwnas("spaces", "show", "iwslt14.de-en")
+    data = json.loads(shown.stdout)
+    assert data["decoder_ffn_embed_dim"] == [512, 1024, 2048] and data["genes"] == 40
+    assert data["largest"]["decoder_layer_num"] == 6
+    assert_clean_error(hwnas("spaces", "show", "nope"), "unknown search space 'nope'")
+
+
+def test_eval_prints_loss_and_bleu(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, ckpt = trained
+    subnet = tmp_path / "small.json"
+    subnet.write_text(json.dumps(SUBNET))
+    r = hwnas("supernet", "eval", "--checkpoint", str(ckpt), "--subnet", str(subnet), "--limit", "8", "--beam", "2",
+              "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["sentences"] == 8 and out["valid_loss"] > 0 and 0 <= out["bleu"] <= 100
+    assert out["subnet"]["decoder_embed_dim"] == 24
+
+
+def test_bad_subnet_inputs(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, ckpt = trained
+    malformed = tmp_path / "malformed.json"
+    malformed.write_text("{ this is not json")
+    assert_clean_error(hwnas("supernet", "eval", "--checkpoint", str(ckpt), "--subnet", str(malformed)),
+                       "malformed subnet JSON")
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({**SUBNET, "encoder_ffn_embed_dim": [32, 4096]}))
+    assert_clean_error(hwnas("supernet", "eval", "--checkpoint", str(ckpt), "--subnet", str(outside)),
+                       "'encoder_ffn_embed_dim[1]' = 4096 is not in space 'tiny-test-space'")
+    assert_clean_error(hwnas("supernet", "eval", "--checkpoint", str(ckpt), "--subnet", str(tmp_path / "no.json")),
+                       "no.json' cannot be read")
+
+
+def test_corrupt_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"\x00" * 100)
+    assert_clean_error(hwnas("supernet", "eval", "--checkpoint", str(bad)), "is corrupt or not a checkpoint")
+
+
+@pytest.mark.parametrize(
+    ("files", "fragment"),
+    [
+        ({}, "train.de' does not exist"),
+        ({"train.de": "a\nb\n", "train.en": "x\n"}, "has 2 lines"),
+        ({"train.de": "a\n\nc\n", "train.en": "x\ny\nz\n"}, "line 2 is empty"),
+    ],
+)
+def test_bad_training_data_writes_nothing(tmp_path: Path, files: dict[str, str], fragment: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, text in files.items():
+        (data / name).write_text(text)
+    out = tmp_path / "out"
+    r = hwnas("supernet", "train", "--space", "quickstart", "--data", f"files:{data}:de-en", "--out", str(out),
+              "--steps", "1")
+    assert_clean_error(r, fragment)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_bad_data_spec_and_space() -> None:
+    assert_clean_error(hwnas("supernet", "train", "--data", "bible:xx-en", "--steps", "1"),
+                       "unknown Bible translation 'xx'")
+    assert_clean_error(hwnas("supernet", "train", "--space", "nope", "--steps", "1"), "unknown search space")
