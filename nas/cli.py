@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from hwnas.exceptions import HwnasError, SearchSpaceError
 from platformdirs import user_data_dir
 from rich.console import Console
 from rich.table import Table
+
+from hwnas.exceptions import HwnasError, SearchSpaceError
 
 if TYPE_CHECKING:  # heavy imports (torch) wait until a command needs them
     from hwnas.search_spaces import SearchSpace, SubnetConfig
@@ -34,6 +35,13 @@ def home() -> Path:
 def default_supernet_dir(space: str, data: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{Path(space).stem}-{data}")
     return home() / "supernets" / safe
+
+
+def _default_checkpoint() -> Path:
+    """The checkpoint `hwnas supernet train` writes with its defaults."""
+    from hwnas.supernet import DataSpec
+
+    return default_supernet_dir("quickstart", str(DataSpec.parse("bible:de-en"))) / "checkpoint.pt"
 
 
 def _load_subnet(spec: str, space: SearchSpace) -> SubnetConfig:
@@ -95,6 +103,7 @@ def supernet_train(
 ) -> None:
     """Train a SuperTransformer on real parallel text, one sampled subnet per step."""
     import torch
+
     from hwnas.search_spaces import get_space
     from hwnas.supernet import DataSpec, TrainConfig, train_supernet
 
@@ -123,7 +132,7 @@ def supernet_eval(
     """Valid loss and BLEU of a subnet with weights inherited from the supernet."""
     from hwnas.supernet import DataSpec, evaluate_subnet, load_supernet
 
-    ckpt = checkpoint or default_supernet_dir("quickstart", "bible:de.elb-en.kjv") / "checkpoint.pt"
+    ckpt = checkpoint or _default_checkpoint()
     loaded = load_supernet(ckpt)
     cfg = _load_subnet(subnet, loaded.model.space)
     corpus = DataSpec.parse(loaded.data).load(split)
@@ -138,6 +147,23 @@ def supernet_eval(
     bleu_text = f"  BLEU {r.bleu:.2f}" if r.bleu is not None else ""
     console.print(f"{r.split} ({r.sentences} sentences): loss {r.valid_loss:.4f}{bleu_text}  "
                   f"params {r.params / 1e6:.2f}M ({r.params_no_embed / 1e6:.2f}M without embeddings)")
+
+
+@supernet_app.command("extract")
+def supernet_extract(
+    out: Annotated[Path, typer.Option(help="Where to write the standalone model (.pt)")],
+    subnet: Annotated[str, typer.Option(help="Subnet JSON file, or 'largest' / 'smallest'")] = "largest",
+    checkpoint: Annotated[Path | None, typer.Option(help="Supernet checkpoint")] = None,
+) -> None:
+    """Write one subnet as a standalone SubTransformer: its own weights, config and tokenizer."""
+    from hwnas.supernet import load_supernet, save_subtransformer
+
+    loaded = load_supernet(checkpoint or _default_checkpoint())
+    model = loaded.model.extract_subnet(_load_subnet(subnet, loaded.model.space))
+    save_subtransformer(out, model, loaded.tokenizer)
+    params = sum(p.numel() for p in model.parameters())
+    console.print(f"wrote {out}: {params / 1e6:.2f}M parameters (the supernet has "
+                  f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M)")
 
 
 def main() -> None:

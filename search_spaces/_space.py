@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from hwnas.exceptions import SearchSpaceError
 from hwnas.search_spaces._config import PER_LAYER_FIELDS, SCALAR_FIELDS, SubnetConfig
 

@@ -1,6 +1,12 @@
 """Weight-sharing SuperTransformer, standalone SubTransformers, data, training and evaluation."""
 
-from hwnas.supernet._checkpoint import LoadedSupernet, load_supernet, read_checkpoint
+from hwnas.supernet._checkpoint import (
+    LoadedSupernet,
+    load_subtransformer,
+    load_supernet,
+    read_checkpoint,
+    save_subtransformer,
+)
 from hwnas.supernet._data import (
     BIBLE_TRANSLATIONS,
     DataSpec,
@@ -35,9 +41,11 @@ __all__ = [
     "evaluate_subnet",
     "greedy_decode",
     "load_bible",
+    "load_subtransformer",
     "load_supernet",
     "read_checkpoint",
     "read_parallel_files",
+    "save_subtransformer",
     "train_supernet",
     "train_tokenizer",
     "translate",

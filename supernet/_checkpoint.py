@@ -3,35 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from hwnas.exceptions import CheckpointError
-from hwnas.search_spaces import SearchSpace
-from hwnas.supernet._data import load_tokenizer
-from hwnas.supernet._model import ModelConfig
-from hwnas.supernet._super import SuperTransformer
 from tokenizers import Tokenizer
 
+from hwnas.exceptions import CheckpointError
+from hwnas.io import atomic_write
+from hwnas.search_spaces import SearchSpace, SubnetConfig
+from hwnas.supernet._data import load_tokenizer
+from hwnas.supernet._model import ModelConfig, SubTransformer
+from hwnas.supernet._super import SuperTransformer
+
 FORMAT = "hwnas-supernet/1"
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call `write(tmp_path)`, then rename over `path`: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -73,3 +60,30 @@ def load_supernet(path: str | Path) -> LoadedSupernet:
     except Exception as e:  # boundary: whatever is wrong inside, the user hears one line about the file
         raise CheckpointError(f"checkpoint '{path}' does not hold a usable supernet: {str(e).splitlines()[0]}") from e
     return LoadedSupernet(model.eval(), tok, state["data"], int(state["step"]), Path(path))
+
+
+SUBNET_FORMAT = "hwnas-subtransformer/1"
+
+
+def save_subtransformer(path: Path, model: SubTransformer, tokenizer: Tokenizer) -> None:
+    """A standalone SubTransformer file: its own weights only, config and tokenizer (no supernet)."""
+    state = {"format": SUBNET_FORMAT, "subnet": model.cfg.to_dict(), "model_config": dataclasses.asdict(model.mc),
+             "tokenizer": tokenizer.to_str(), "model": model.state_dict()}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_subtransformer(path: str | Path) -> tuple[SubTransformer, Tokenizer]:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"model file '{p}' does not exist")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != SUBNET_FORMAT:
+            raise CheckpointError(f"model file '{p}' is not an hwnas SubTransformer ({SUBNET_FORMAT})")
+        model = SubTransformer(SubnetConfig.from_dict(state["subnet"]), ModelConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+        return model.eval(), load_tokenizer(state["tokenizer"])
+    except CheckpointError:
+        raise
+    except Exception as e:  # boundary: one line about the file
+        raise CheckpointError(f"model file '{p}' is corrupt or not a SubTransformer: {str(e).splitlines()[0]}") from e

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hwnas.exceptions import DataError
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from hwnas.exceptions import DataError
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0..3, as in ModelConfig
 SPLITS = ("train", "valid", "test")
@@ -178,6 +179,8 @@ class DataSpec:
         src, sep, tgt = rest.partition("-")
         if kind not in ("bible", "files") or not sep or not src or not tgt or (kind == "files" and not directory):
             raise DataError(f"bad data spec '{spec}' (expected 'bible:de-en' or 'files:DIR:de-en')")
+        if kind == "bible":  # canonical translation ids, so 'bible:de-en' and 'bible:de.elb-en.kjv' are one spec
+            src, tgt = _resolve_translation(src)[0], _resolve_translation(tgt)[0]
         return cls(kind, src, tgt, directory)
 
     def __str__(self) -> str:

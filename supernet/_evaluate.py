@@ -6,13 +6,14 @@ import dataclasses
 
 import sacrebleu
 import torch
+from tokenizers import Tokenizer
+from torch import nn
+
 from hwnas.search_spaces import SubnetConfig
 from hwnas.supernet._checkpoint import LoadedSupernet
 from hwnas.supernet._data import ParallelCorpus, collate, encode_corpus, make_batches
 from hwnas.supernet._generate import Decodable, beam_search, greedy_decode
 from hwnas.supernet._model import count_params
-from tokenizers import Tokenizer
-from torch import nn
 
 
 @dataclasses.dataclass(frozen=True)

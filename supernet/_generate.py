@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
-from hwnas.supernet._model import Cache, EncoderOut
 from torch import Tensor
+
+from hwnas.supernet._model import Cache, EncoderOut
 
 PAD, BOS, EOS = 0, 1, 2
 

@@ -15,8 +15,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from hwnas.search_spaces import SubnetConfig
 from torch import Tensor, nn
+
+from hwnas.search_spaces import SubnetConfig
 
 Cache = list[dict[str, Tensor]]
 

@@ -11,10 +11,11 @@ import functools
 from typing import Any
 
 import torch
-from hwnas.search_spaces import SearchSpace, SubnetConfig
-from hwnas.supernet._model import Cache, EncoderOut, ModelConfig, SubTransformer, init_weights
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from hwnas.search_spaces import SearchSpace, SubnetConfig
+from hwnas.supernet._model import Cache, EncoderOut, ModelConfig, SubTransformer, init_weights
 
 
 class _Call(nn.Module):

@@ -17,6 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from tokenizers import Tokenizer
+
 from hwnas.exceptions import CheckpointError
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet._checkpoint import read_checkpoint, save_checkpoint
@@ -32,9 +36,6 @@ from hwnas.supernet._data import (
 )
 from hwnas.supernet._model import ModelConfig
 from hwnas.supernet._super import SuperTransformer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from tokenizers import Tokenizer
 
 
 @dataclasses.dataclass(frozen=True)

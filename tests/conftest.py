@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet import ModelConfig, load_bible
 

@@ -70,6 +70,28 @@ def test_eval_prints_loss_and_bleu(trained: tuple[Path, Path], tmp_path: Path) -
     assert out["subnet"]["decoder_embed_dim"] == 24
 
 
+def test_extract_writes_a_standalone_model(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    import torch
+
+    from hwnas.search_spaces import SubnetConfig
+    from hwnas.supernet import load_subtransformer, load_supernet
+
+    _, ckpt = trained
+    (tmp_path / "s.json").write_text(json.dumps(SUBNET))
+    out = tmp_path / "model.pt"
+    r = hwnas("supernet", "extract", "--checkpoint", str(ckpt), "--subnet", str(tmp_path / "s.json"), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    model, tok = load_subtransformer(out)
+    cfg = SubnetConfig.from_dict(SUBNET)
+    assert model.cfg == cfg and tok.get_vocab_size() == 300
+    supernet = load_supernet(ckpt).model
+    src, tgt = torch.tensor([[5, 6, 7, 2]]), torch.tensor([[1, 8, 9]])
+    torch.testing.assert_close(model(src, tgt), supernet(src, tgt, cfg), atol=1e-5, rtol=0)
+    assert_clean_error(hwnas("supernet", "extract", "--checkpoint", str(ckpt), "--out", str(tmp_path / "x.pt"),
+                             "--subnet", str(tmp_path / "missing.json")), "cannot be read")
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_bad_subnet_inputs(trained: tuple[Path, Path], tmp_path: Path) -> None:
     _, ckpt = trained
     malformed = tmp_path / "malformed.json"

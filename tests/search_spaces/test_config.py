@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from hwnas.exceptions import SearchSpaceError
 from hwnas.search_spaces import SubnetConfig
 

@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+
 from hwnas.exceptions import SearchSpaceError
 from hwnas.search_spaces import SearchSpace, SubnetConfig, get_space, list_spaces
-
 from tests.conftest import TINY_SPACE_DICT
 
 

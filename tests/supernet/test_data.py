@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from hwnas.exceptions import DataError
 from hwnas.supernet import DataSpec, load_bible, read_parallel_files, train_tokenizer
 from hwnas.supernet._data import collate, encode_corpus, epoch_order, make_batches
@@ -73,6 +74,8 @@ def test_bad_data_specs(spec: str) -> None:
 def test_data_spec_round_trip(tmp_path: Path) -> None:
     spec = DataSpec.parse(f"files:{tmp_path}:de-en")
     assert spec.directory == str(tmp_path) and DataSpec.parse(str(spec)) == spec
+    bible = DataSpec.parse("bible:de-en")
+    assert str(bible) == "bible:de.elb-en.kjv" and DataSpec.parse(str(bible)) == bible
 
 
 def test_tokenizer_round_trips_text() -> None:

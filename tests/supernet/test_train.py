@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from hwnas.exceptions import CheckpointError, SearchSpaceError
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import (
@@ -16,7 +17,6 @@ from hwnas.supernet import (
     read_checkpoint,
     train_supernet,
 )
-
 from tests.conftest import TINY_SPACE_DICT
 
 CFG = TrainConfig(steps=8, max_tokens=300, warmup_steps=3, vocab_size=300, checkpoint_every=3, lr=3e-3)
