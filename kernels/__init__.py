@@ -1,3 +1,25 @@
-"""TVM-compiled kernels for standalone SubTransformers (see the latency issue)."""
+"""TVM-compiled kernels for standalone SubTransformers: build (Relax), tune (MetaSchedule)."""
 
-__all__: list[str] = []
+from hwnas.kernels._build import (
+    DECODER_STEP,
+    ENCODER,
+    BuildInput,
+    BuildResult,
+    TVMBuilder,
+    build_one,
+    export_relax,
+    host_target,
+    make_target,
+)
+
+__all__ = [
+    "DECODER_STEP",
+    "ENCODER",
+    "BuildInput",
+    "BuildResult",
+    "TVMBuilder",
+    "build_one",
+    "export_relax",
+    "host_target",
+    "make_target",
+]

@@ -1,3 +1,17 @@
-"""Device profiles, latency measurement and predictors (see the latency issue)."""
+"""Device profiles, latency measurement (TVM, PyTorch; local and RPC) and latency predictors."""
 
-__all__: list[str] = []
+from hwnas.latency._protocol import MeasureConfig, RunResult, cv, median, trimmed_mean
+from hwnas.latency._runner import RunInput, Runner, TorchRunner, TVMLocalRunner, time_calls
+
+__all__ = [
+    "MeasureConfig",
+    "RunInput",
+    "RunResult",
+    "Runner",
+    "TVMLocalRunner",
+    "TorchRunner",
+    "cv",
+    "median",
+    "time_calls",
+    "trimmed_mean",
+]

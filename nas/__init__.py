@@ -5,6 +5,7 @@ from hwnas.exceptions import (
     DataError,
     HwnasError,
     InfeasibleConstraintError,
+    MeasurementError,
     SearchSpaceError,
 )
 
@@ -15,6 +16,7 @@ __all__ = [
     "DataError",
     "HwnasError",
     "InfeasibleConstraintError",
+    "MeasurementError",
     "SearchSpaceError",
     "__version__",
 ]

@@ -8,6 +8,7 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "InfeasibleConstraintError",
+    "MeasurementError",
 ]
 
 
@@ -29,3 +30,7 @@ class CheckpointError(HwnasError):
 
 class InfeasibleConstraintError(HwnasError):
     """No subnet satisfies a constraint within the sampling budget."""
+
+
+class MeasurementError(HwnasError):
+    """A device, target or measurement setup is unusable (bad target, unreachable tracker...)."""

@@ -111,7 +111,7 @@ class DecoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(d)
         self.ffn = FeedForward(d, ffn, mc.dropout)
 
-    def forward(self, x: Tensor, enc_kv: Tensor, enc_mask: Tensor, self_mask: Tensor | None,
+    def forward(self, x: Tensor, enc_kv: Tensor | None, enc_mask: Tensor | None, self_mask: Tensor | None,
                 cache: dict[str, Tensor] | None) -> tuple[Tensor, dict[str, Tensor]]:
         h = self.self_attn_layer_norm(x)  # (B, T, C)
         k, v = self.self_attn.keys_values(h)
@@ -120,8 +120,10 @@ class DecoderLayer(nn.Module):
         x = x + F.dropout(self.self_attn(h, k, v, self_mask), self.dropout, self.training)
         if cache is not None and "cross_k" in cache:
             ck, cv = cache["cross_k"], cache["cross_v"]
-        else:
+        elif enc_kv is not None:
             ck, cv = self.encoder_attn.keys_values(enc_kv)  # (B, H, a*S, hd)
+        else:
+            raise ValueError("decoder layer needs encoder states or cached encoder keys/values")
         x = x + F.dropout(self.encoder_attn(self.encoder_attn_layer_norm(x), ck, cv, enc_mask),
                           self.dropout, self.training)
         x = x + F.dropout(self.ffn(self.final_layer_norm(x)), self.dropout, self.training)

@@ -1,0 +1,184 @@
+"""Builder role: a standalone SubTransformer -> a TVM Relax library with two functions.
+
+`encoder` and `decoder_step` (see `_graphs`) come from torch.export and
+`tvm.relax.frontend.torch.from_exported_program`, are prepared for MetaSchedule, take the
+tuned schedules of a tuning database when one is given, and are compiled with `tvm.compile`.
+Builds run in worker processes with a timeout; a failure comes back as data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hwnas.exceptions import MeasurementError
+from hwnas.search_spaces import SubnetConfig
+from hwnas.supernet import ModelConfig, SubTransformer
+from hwnas.supernet._model import init_weights
+
+ENCODER, DECODER_STEP = "encoder", "decoder_step"
+
+
+def make_target(target: dict[str, Any]) -> Any:
+    """A `tvm.target.Target` from its JSON dict; the error names the target."""
+    import tvm
+
+    if not isinstance(target, dict) or "kind" not in target:
+        raise MeasurementError(f"a TVM target must be a JSON object with a 'kind', got {target!r}")
+    try:
+        tgt = tvm.target.Target(target)
+    except Exception as e:  # boundary: TVM raises ValueError or its own FFI errors
+        raise MeasurementError(f"bad TVM target {json.dumps(target)}: {str(e).splitlines()[0]}") from e
+    mcpu = target.get("mcpu")
+    if tgt.kind.name == "llvm" and mcpu:  # TVM silently falls back to generic code for an unknown CPU
+        known = [str(c) for c in tvm.target.codegen.llvm_get_cpu_archlist(tgt)]
+        if mcpu not in known:
+            raise MeasurementError(f"bad TVM target {json.dumps(target)}: LLVM knows no CPU '{mcpu}' for this triple "
+                                   f"(e.g. {', '.join(known[:6])}, ...)")
+    return tgt
+
+
+def host_target() -> dict[str, Any]:
+    """This machine's CPU as a TVM target (explicit mcpu: TVM ignores 'native')."""
+    import tvm
+
+    return {"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu()), "num-cores": os.cpu_count() or 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildInput:
+    """What to build. Weights are random (seeded) unless `weights` names a saved SubTransformer:
+    latency does not depend on weight values, exported models do."""
+
+    subnet: SubnetConfig
+    model_config: ModelConfig
+    target: dict[str, Any]
+    batch: int = 1
+    source_length_tokens: int = 30
+    cache_len: int = 30
+    tuning_dir: str | None = None
+    weights: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+    """Exactly one of `artifact` (a library directory) and `error` is set."""
+
+    artifact: str | None
+    error: str | None
+    build_s: float
+
+    def __post_init__(self) -> None:
+        if (self.artifact is None) == (self.error is None):
+            raise ValueError("BuildResult needs exactly one of artifact and error")
+
+
+def subnet_model(inp: BuildInput) -> SubTransformer:
+    if inp.weights:
+        from hwnas.supernet import load_subtransformer
+
+        model, _ = load_subtransformer(inp.weights)
+        return model
+    torch.manual_seed(0)
+    model = SubTransformer(inp.subnet, inp.model_config)
+    init_weights(model, inp.model_config.pad_id)
+    return model.eval()
+
+
+def export_relax(model: SubTransformer, *, batch: int, source_length_tokens: int, cache_len: int) -> Any:
+    """One IRModule holding the `encoder` and `decoder_step` functions, weights as constants."""
+    import tvm
+    from tvm.relax.frontend.torch import from_exported_program
+
+    from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, example_inputs
+
+    enc_in, step_in = example_inputs(model, batch=batch, src_len=source_length_tokens, cache_len=cache_len)
+    funcs = {}
+    with torch.no_grad():
+        graphs = ((ENCODER, EncoderGraph(model), enc_in), (DECODER_STEP, DecoderStepGraph(model), step_in))
+        for name, graph, args in graphs:
+            ep = torch.export.export(graph.eval(), args)
+            funcs[name] = from_exported_program(ep, keep_params_as_input=False)["main"].with_attr("global_symbol", name)
+    return tvm.IRModule(funcs)
+
+
+def prepare(mod: Any) -> Any:
+    """The form MetaSchedule extracts tasks from and applies schedules to (see shared/reference/tvm.md)."""
+    from tvm import relax
+
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = relax.transform.CanonicalizeBindings()(mod)
+    return relax.get_pipeline("zero")(mod)
+
+
+def compile_module(mod: Any, target: dict[str, Any], tuning_dir: str | None = None) -> Any:
+    """tvm.compile, with the tuning database's schedules applied when one is given."""
+    import tvm
+    from tvm import relax
+
+    tgt = make_target(target)
+    if tuning_dir is None:
+        return tvm.compile(mod, target=tgt)
+    prepared = prepare(mod)
+    with tgt:
+        prepared = relax.transform.MetaScheduleApplyDatabase(tuning_dir)(prepared)
+    return tvm.compile(prepared, target=tgt)
+
+
+def build_one(inp: BuildInput, out_dir: str) -> str:
+    """Build `inp` into `out_dir` (lib.so + meta.json); returns the directory. Raises on failure."""
+    model = subnet_model(inp)
+    mod = export_relax(model, batch=inp.batch, source_length_tokens=inp.source_length_tokens,
+                       cache_len=inp.cache_len)
+    ex = compile_module(mod, inp.target, inp.tuning_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cross = inp.target.get("mtriple", "").startswith("aarch64")
+    lib = out / ("lib.tar" if cross else "lib.so")  # a tar needs no cross compiler; the device links it
+    ex.export_library(str(lib))
+    meta = {"subnet": inp.subnet.to_dict(), "model_config": dataclasses.asdict(inp.model_config),
+            "target": inp.target, "batch": inp.batch, "source_length_tokens": inp.source_length_tokens,
+            "cache_len": inp.cache_len, "tuning_dir": inp.tuning_dir, "library": lib.name}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return str(out)
+
+
+def _build_worker(inp: BuildInput, out_dir: str) -> tuple[str | None, str | None, float]:
+    t0 = time.perf_counter()
+    try:
+        return build_one(inp, out_dir), None, time.perf_counter() - t0
+    except Exception as e:  # failures are data: the batch goes on
+        last = traceback.format_exception_only(type(e), e)[-1].strip()
+        return None, last[:2000], time.perf_counter() - t0
+
+
+class TVMBuilder:
+    """Builds many subnets in parallel worker processes, each under a timeout."""
+
+    def __init__(self, *, max_workers: int = 1, timeout_s: float = 600.0):
+        self.max_workers, self.timeout_s = max_workers, timeout_s
+
+    def build(self, inputs: list[BuildInput], out_dirs: list[str]) -> list[BuildResult]:
+        from tvm.support.popen_pool import PopenPoolExecutor
+
+        if len(inputs) != len(out_dirs):
+            raise ValueError("one output directory per build input")
+        pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_s)
+        futures = [pool.submit(_build_worker, inp, out) for inp, out in zip(inputs, out_dirs, strict=True)]
+        results = []
+        for fut in futures:
+            try:
+                artifact, error, seconds = fut.result()
+            except TimeoutError:
+                artifact, error, seconds = None, f"build timed out after {self.timeout_s:.0f} s", self.timeout_s
+            except Exception as e:  # the worker process died (e.g. a segfault in codegen)
+                artifact, error, seconds = None, f"build worker failed: {type(e).__name__}: {e}"[:2000], 0.0
+            results.append(BuildResult(artifact, error, seconds))
+        return results

@@ -1,0 +1,190 @@
+"""Runner role: artifacts -> raw timings. Interchangeable; failures come back as `RunResult.error`.
+
+- `TVMLocalRunner`: a TVM library on this machine's CPU (or a local CUDA GPU);
+- `TorchRunner`: the same two graphs in PyTorch eager (CPU or CUDA), the baseline;
+- `RPCRunner`: a TVM library uploaded to a device registered at a TVM RPC tracker.
+
+Every measurement happens in a worker process under a timeout, so a crash or a hang costs
+one record, never the batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from hwnas.kernels._build import DECODER_STEP, ENCODER, BuildInput
+from hwnas.latency._protocol import MeasureConfig, RunResult
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInput:
+    """One subnet to time: its build description and, for compiled runtimes, the built library dir."""
+
+    build: BuildInput
+    artifact: str | None = None
+
+
+class Runner(abc.ABC):
+    """Times subnets under a `MeasureConfig`.
+
+    `run` returns one `RunResult` per input, in order, and never raises for a single
+    input's failure: it is recorded in that result's `error`.
+    """
+
+    name: str
+
+    @abc.abstractmethod
+    def run(self, inputs: Sequence[RunInput], protocol: MeasureConfig) -> list[RunResult]: ...
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int, runs: int, number: int,
+               sync: Callable[[], None] = lambda: None, cooldown_ms: int = 0) -> list[float]:
+    """Milliseconds per call for each of `runs` timed runs of `number` back-to-back calls.
+
+    The one host-side timing loop of the project (TVM runs use its on-device time_evaluator).
+    """
+    for _ in range(warmup):
+        fn()
+    sync()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        sync()
+        out.append((time.perf_counter() - t0) * 1e3 / number)
+        if cooldown_ms:
+            time.sleep(cooldown_ms / 1e3)
+    return out
+
+
+def _failed(error: str) -> RunResult:
+    return RunResult(error=error[:2000])
+
+
+class _PooledRunner(Runner):
+    """Runs `_measure(input, protocol)` of a subclass in a worker process, with a timeout per input."""
+
+    def __init__(self, *, timeout_s: float = 300.0):
+        self.timeout_s = timeout_s
+
+    def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
+        raise NotImplementedError
+
+    def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
+        return (item, protocol)
+
+    def run(self, inputs: Sequence[RunInput], protocol: MeasureConfig) -> list[RunResult]:
+        from tvm.support.popen_pool import PopenPoolExecutor
+
+        results: list[RunResult] = []
+        pool = PopenPoolExecutor(max_workers=1, timeout=self.timeout_s)
+        for item in inputs:  # one at a time: concurrent timings would disturb each other
+            try:
+                enc, dec = pool.submit(self._job(), *self._args(item, protocol)).result()
+                results.append(RunResult(encoder_ms=tuple(enc), decoder_step_ms=tuple(dec)))
+            except TimeoutError:
+                results.append(_failed(f"measurement timed out after {self.timeout_s:.0f} s"))
+                pool = PopenPoolExecutor(max_workers=1, timeout=self.timeout_s)
+            except Exception as e:  # the worker raised or died: this input failed, the batch goes on
+                results.append(_failed(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e) else ''}"))
+        return results
+
+
+def _tvm_device(target: dict[str, Any]) -> Any:
+    import tvm
+
+    return tvm.cuda(0) if target.get("kind") == "cuda" else tvm.cpu(0)
+
+
+def _time_tvm(vm: Any, dev: Any, meta: dict[str, Any], protocol: MeasureConfig,
+              to_device: Callable[[Any], Any]) -> tuple[list[float], list[float]]:
+    """Time both functions of a loaded Relax VM with TVM's on-device timer."""
+    from hwnas.kernels._graphs import input_specs, random_inputs
+    from hwnas.search_spaces import SubnetConfig
+    from hwnas.supernet import ModelConfig
+
+    cfg, mc = SubnetConfig.from_dict(meta["subnet"]), ModelConfig(**meta["model_config"])
+    specs = input_specs(cfg, mc, batch=meta["batch"], src_len=meta["source_length_tokens"],
+                        cache_len=meta["cache_len"])
+    out = []
+    for name in (ENCODER, DECODER_STEP):
+        args = [to_device(a) for a in random_inputs(specs[name], vocab_size=mc.vocab_size)]
+        for _ in range(protocol.warmup_runs):
+            vm[name](*args)
+        timer = vm.time_evaluator(name, dev, number=protocol.number, repeat=protocol.timed_runs,
+                                  cooldown_interval_ms=protocol.cooldown_ms)
+        out.append([t * 1e3 for t in timer(*args).results])
+    return out[0], out[1]
+
+
+def _measure_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+    import tvm
+    from tvm import relax
+
+    meta = json.loads((Path(artifact) / "meta.json").read_text())
+    if protocol.threads:  # pin before the thread pool is first used
+        tvm.get_global_func("runtime.config_threadpool")(1, protocol.threads)
+    dev = _tvm_device(meta["target"])
+    lib = tvm.runtime.load_module(str(Path(artifact) / meta["library"]))
+    vm = relax.VirtualMachine(lib, dev)
+    return _time_tvm(vm, dev, meta, protocol, lambda a: tvm.runtime.tensor(a, device=dev))
+
+
+class TVMLocalRunner(_PooledRunner):
+    """A built TVM library on this machine (CPU, or CUDA where a driver exists)."""
+
+    name = "tvm-local"
+
+    def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
+        return _measure_tvm_local
+
+    def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
+        if item.artifact is None:
+            raise ValueError("TVMLocalRunner needs built artifacts (RunInput.artifact)")
+        return (item.artifact, protocol)
+
+
+def _measure_torch(build: BuildInput, protocol: MeasureConfig, device: str) -> tuple[list[float], list[float]]:
+    import torch
+
+    from hwnas.kernels._build import subnet_model
+    from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, example_inputs
+
+    if protocol.threads:
+        torch.set_num_threads(protocol.threads)
+    model = subnet_model(build).to(device)
+    enc_in, step_in = example_inputs(model.cpu(), batch=build.batch, src_len=build.source_length_tokens,
+                                     cache_len=build.cache_len)
+    model = model.to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    out = []
+    with torch.inference_mode():
+        for graph, args in ((EncoderGraph(model), enc_in), (DecoderStepGraph(model), step_in)):
+            args = tuple(a.to(device) for a in args)
+            out.append(time_calls(lambda g=graph, a=args: g(*a), warmup=protocol.warmup_runs, runs=protocol.timed_runs,
+                                  number=protocol.number, sync=sync, cooldown_ms=protocol.cooldown_ms))
+    return out[0], out[1]
+
+
+class TorchRunner(_PooledRunner):
+    """PyTorch eager on CPU or CUDA: the baseline every TVM figure is compared with."""
+
+    name = "torch"
+
+    def __init__(self, *, device: str = "cpu", timeout_s: float = 300.0):
+        super().__init__(timeout_s=timeout_s)
+        self.device = device
+
+    def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
+        return _measure_torch
+
+    def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
+        return (item.build, protocol, self.device)
+
