@@ -1,0 +1,190 @@
+"""MetaSchedule tuning of a whole search space into one on-disk database per (device, space).
+
+Every subnet of a space is made of the same per-layer operators, so two "covering" models
+(one per embed-dim pairing) that hold every per-layer combination of the space contain every
+workload any subnet will ever compile. Their tasks are tuned once; every subnet build then
+applies the database (`compile_module(..., tuning_dir=...)`). The database is MetaSchedule's
+JSON database: re-running `tune_space` adds trials to it and loses none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas.search_spaces import SearchSpace, SubnetConfig
+from hwnas.supernet import ModelConfig, SubTransformer
+from hwnas.supernet._model import init_weights
+
+
+def covering_subnets(space: SearchSpace) -> list[SubnetConfig]:
+    """Models (not subnets of the space: deeper) whose layers hold every per-layer combination.
+
+    One per embed pairing; encoder and decoder dims vary independently, so pairing them
+    round-robin covers each. Layer shapes do not depend on depth, so depth is free here.
+    """
+    enc_layers = list(itertools.product(space.encoder_ffn_embed_dim, space.encoder_self_attention_heads))
+    dec_layers = list(itertools.product(space.decoder_ffn_embed_dim, space.decoder_self_attention_heads,
+                                        space.decoder_ende_attention_heads, space.decoder_arbitrary_ende_attn))
+    while len(enc_layers) < max(space.decoder_arbitrary_ende_attn):
+        enc_layers.append(enc_layers[-1])  # arbitrary attention needs that many encoder states
+    pairs = max(len(space.encoder_embed_dim), len(space.decoder_embed_dim))
+    return [
+        SubnetConfig(
+            encoder_embed_dim=space.encoder_embed_dim[i % len(space.encoder_embed_dim)],
+            encoder_layer_num=len(enc_layers),
+            encoder_ffn_embed_dim=tuple(f for f, _ in enc_layers),
+            encoder_self_attention_heads=tuple(h for _, h in enc_layers),
+            decoder_embed_dim=space.decoder_embed_dim[i % len(space.decoder_embed_dim)],
+            decoder_layer_num=len(dec_layers),
+            decoder_ffn_embed_dim=tuple(d[0] for d in dec_layers),
+            decoder_self_attention_heads=tuple(d[1] for d in dec_layers),
+            decoder_ende_attention_heads=tuple(d[2] for d in dec_layers),
+            decoder_arbitrary_ende_attn=tuple(d[3] for d in dec_layers),
+        )
+        for i in range(pairs)
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskReport:
+    name: str
+    weight: float  # calls per sentence (decoder-step tasks count once per step)
+    trials: int
+    best_us: float | None
+    gflops: float | None  # reached by the best schedule
+    peak_fraction: float | None  # of the device's measured peak
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneReport:
+    work_dir: str
+    tasks: list[TaskReport]
+    trials: int
+    seconds: float
+    peak_gflops: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fast_build(mod: Any, target: Any, _params: Any) -> Any:
+    """MetaSchedule's default build without importing tvm.s_tir.tensor_intrin in every worker:
+    that import alone takes ~26 s here, past the builder timeout (shared/reference/tvm.md)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def measured_peak_gflops(threads: int | None = None, size: int = 1024) -> float:
+    """Practical FP32 peak of this CPU: a large SGEMM through numpy's BLAS, best of 5."""
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def extract_space_tasks(space: SearchSpace, mc: ModelConfig, target: dict[str, Any], *, decode_steps: int,
+                        batch: int = 1) -> list[tuple[Any, float]]:
+    """(MetaSchedule task, weight) for every distinct workload of the space."""
+    import torch
+    import tvm
+    import tvm_ffi
+    from tvm.s_tir import meta_schedule as ms
+
+    from hwnas.kernels._build import DECODER_STEP, ENCODER, export_relax, make_target, prepare
+
+    tgt = make_target(target)
+    merged: dict[int, list[Any]] = {}
+    for k, cfg in enumerate(covering_subnets(space)):
+        torch.manual_seed(0)
+        model = SubTransformer(cfg, mc)
+        init_weights(model, mc.pad_id)
+        mod = export_relax(model.eval(), batch=batch, source_length_tokens=space.source_length_tokens,
+                           cache_len=decode_steps)
+        for fn, calls in ((ENCODER, 1), (DECODER_STEP, decode_steps)):  # apart: a step runs once per token
+            single = prepare(tvm.IRModule({fn: mod[fn]}))
+            for task in ms.relax_integration.extract_tasks(single, tgt):
+                key = tvm_ffi.structural_hash(task.dispatched[0])
+                if key in merged:
+                    merged[key][1] += task.weight * calls
+                else:
+                    merged[key] = [task, float(task.weight * calls)]
+        del model, mod
+    return [(t, w) for t, w in merged.values()]
+
+
+def tune_space(*, space: SearchSpace, mc: ModelConfig, target: dict[str, Any], work_dir: str | Path, trials: int,
+               decode_steps: int, num_trials_per_iter: int = 32, builder_timeout_s: float = 120.0,
+               seed: int = 0) -> TuneReport:
+    """Spend `trials` more MetaSchedule trials on the space's workloads; the database grows in `work_dir`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from hwnas.kernels._build import make_target
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    tgt = make_target(target)
+    t0 = time.perf_counter()
+    extracted = extract_space_tasks(space, mc, target, decode_steps=decode_steps)
+    tunable = [(t, w) for t, w in extracted if _has_search_space(t)]
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        extracted_tasks=[t for t, _ in tunable], work_dir=str(work), seed=seed)
+    builder = ms.builder.LocalBuilder(f_build=_fast_build, timeout_sec=builder_timeout_s,
+                                      max_workers=max(1, (os.cpu_count() or 2) // 2))
+    runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
+        number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False))
+    database = ms.database.JSONDatabase(work_dir=str(work))
+    if trials > 0:
+        ms.tune_tasks(tasks=contexts, task_weights=[w for _, w in tunable], work_dir=str(work),
+                      max_trials_global=trials, num_trials_per_iter=num_trials_per_iter, builder=builder,
+                      runner=runner, database=database, task_scheduler="gradient")
+    peak = measured_peak_gflops()
+    with tgt:
+        report = task_reports(database, extracted, peak)
+    meta = {"space": space.name, "target": target, "model_config": dataclasses.asdict(mc),
+            "decode_steps": decode_steps, "records": len(database)}
+    (work / "hwnas-tuning.json").write_text(json.dumps(meta, indent=2))
+    return TuneReport(str(work), report, sum(r.trials for r in report), time.perf_counter() - t0, peak)
+
+
+def _has_search_space(task: Any) -> bool:
+    """Pure data movement (reshape, transpose) has nothing to tune; skip it like MetaSchedule's scheduler would."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    try:
+        return estimate_tir_flops(task.dispatched[0]) > 0
+    except Exception:  # analysis can fail on exotic blocks: tune them rather than skip them
+        return True
+
+
+def task_reports(database: Any, extracted: list[tuple[Any, float]], peak_gflops: float) -> list[TaskReport]:
+    """Best measured time and GFLOP/s of each task, from the database."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    out = []
+    for task, weight in extracted:
+        mod = task.dispatched[0]
+        workload = database.commit_workload(mod) if database.has_workload(mod) else None
+        records = database.get_top_k(workload, 1) if workload is not None else []
+        trials = len(database.get_top_k(workload, 100000)) if workload is not None else 0
+        best_us = gflops = frac = None
+        if records and records[0].run_secs:
+            secs = float(np.mean([float(s) for s in records[0].run_secs]))
+            flops = float(estimate_tir_flops(mod))
+            best_us = secs * 1e6
+            gflops = flops / secs / 1e9 if flops > 0 else None
+            frac = gflops / peak_gflops if gflops else None
+        out.append(TaskReport(task.task_name, weight, trials, best_us, gflops, frac))
+    return sorted(out, key=lambda r: -(r.weight * (r.best_us or 0)))

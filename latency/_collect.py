@@ -1,0 +1,172 @@
+"""Measuring subnets on a device: build (parallel), time (one at a time), store every record.
+
+`collect` draws a seeded sequence of distinct subnets and skips those the store already has
+for this (device, space, protocol, tuning database), so an interrupted collection resumes
+where it stopped and a repeated one measures nothing twice.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from hwnas.exceptions import InfeasibleConstraintError, MeasurementError
+from hwnas.kernels import BuildInput, TVMBuilder
+from hwnas.latency._devices import DeviceProfile
+from hwnas.latency._predictor import Sample
+from hwnas.latency._protocol import MeasureConfig, RunResult, median
+from hwnas.latency._runner import Runner, RunInput, TorchRunner, TVMLocalRunner
+from hwnas.search_spaces import SearchSpace, SubnetConfig
+from hwnas.supernet import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class MeasurementRecord:
+    """One stored measurement: what was timed, how, and the raw result (or its failure)."""
+
+    device: str
+    space: str
+    subnet: SubnetConfig
+    protocol: MeasureConfig
+    tuning_key: str
+    result: RunResult
+
+    def sample(self) -> Sample:
+        if self.result.encoder_ms is None or self.result.decoder_step_ms is None:
+            raise ValueError("a failed measurement has no sample")
+        return Sample(self.subnet, median(self.result.encoder_ms), median(self.result.decoder_step_ms),
+                      self.protocol.decode_steps)
+
+
+class MeasurementStore(abc.ABC):
+    """Where measurement records live. `add` must be atomic per record; reads see committed records."""
+
+    @abc.abstractmethod
+    def add(self, record: MeasurementRecord) -> None: ...
+
+    @abc.abstractmethod
+    def records(self, *, device: str, space: str, protocol_key: str | None = None,
+                tuning_key: str | None = None) -> list[MeasurementRecord]: ...
+
+    def measured_keys(self, *, device: str, space: str, protocol_key: str, tuning_key: str) -> set[str]:
+        return {r.subnet.key() for r in self.records(device=device, space=space, protocol_key=protocol_key,
+                                                     tuning_key=tuning_key)}
+
+
+class InMemoryStore(MeasurementStore):
+    """A process-local store (tests, one-off scripts); thread-safe."""
+
+    def __init__(self) -> None:
+        self._records: list[MeasurementRecord] = []
+        self._lock = threading.Lock()
+
+    def add(self, record: MeasurementRecord) -> None:
+        with self._lock:
+            self._records.append(record)
+
+    def records(self, *, device: str, space: str, protocol_key: str | None = None,
+                tuning_key: str | None = None) -> list[MeasurementRecord]:
+        with self._lock:
+            return [r for r in self._records if r.device == device and r.space == space
+                    and (protocol_key is None or r.protocol.key() == protocol_key)
+                    and (tuning_key is None or r.tuning_key == tuning_key)]
+
+
+def tuning_key(tuning_dir: str | None) -> str:
+    """Identity of a tuning database as it is now: its path and its number of records ('' = untuned)."""
+    if not tuning_dir:
+        return ""
+    records = Path(tuning_dir) / "database_tuning_record.json"
+    count = sum(1 for _ in records.open()) if records.exists() else 0
+    return hashlib.sha1(f"{Path(tuning_dir).resolve()}:{count}".encode()).hexdigest()[:16]
+
+
+def runner_for(device: DeviceProfile, *, timeout_s: float = 300.0) -> Runner:
+    if device.runtime == "torch":
+        return TorchRunner(device=device.torch_device, timeout_s=timeout_s)
+    if device.location == "local":
+        return TVMLocalRunner(timeout_s=timeout_s)
+    raise MeasurementError(f"device '{device.name}': remote (RPC) measurement is not available yet")
+
+
+def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, subnets: Sequence[SubnetConfig],
+            tuning_dir: str | None = None, work_dir: str | None = None, build_workers: int = 1,
+            timeout_s: float = 600.0) -> list[MeasurementRecord]:
+    """Build and time `subnets` on `device`; one record per subnet, failures included."""
+    protocol = device.protocol
+    builds = [BuildInput(cfg, model_config, device.target, batch=protocol.batch_size,
+                         source_length_tokens=protocol.source_length_tokens, cache_len=protocol.decode_steps,
+                         tuning_dir=tuning_dir) for cfg in subnets]
+    key = tuning_key(tuning_dir)
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        if device.runtime == "tvm":
+            built = TVMBuilder(max_workers=build_workers, timeout_s=timeout_s).build(
+                builds, [str(Path(tmp) / str(i)) for i in range(len(builds))])
+        else:
+            built = [None] * len(builds)
+        to_run = [i for i, b in enumerate(built) if b is None or b.artifact]
+        timed = runner_for(device, timeout_s=timeout_s).run(
+            [RunInput(builds[i], built[i].artifact if built[i] else None) for i in to_run], protocol)
+    results: list[RunResult] = [RunResult(error=f"build failed: {b.error}") if b and b.error else None
+                                for b in built]  # type: ignore[misc]
+    for i, r in zip(to_run, timed, strict=True):
+        results[i] = r
+    return [MeasurementRecord(device.name, space.name, cfg, protocol, key, r)
+            for cfg, r in zip(subnets, results, strict=True)]
+
+
+def distinct_subnets(space: SearchSpace, n: int, *, seed: int, max_attempts: int | None = None) -> list[SubnetConfig]:
+    """The first `n` distinct subnets of a seeded uniform sequence (bounded: a tiny space raises)."""
+    rng = np.random.default_rng(seed)
+    seen: dict[SubnetConfig, None] = {}
+    for _ in range(max_attempts or 50 * n + 100):
+        seen.setdefault(space.sample(rng), None)
+        if len(seen) == n:
+            return list(seen)
+    raise InfeasibleConstraintError(f"space '{space.name}' gave only {len(seen)} distinct subnets, {n} asked")
+
+
+@dataclasses.dataclass(frozen=True)
+class CollectReport:
+    asked: int
+    skipped: int  # already in the store
+    measured: int
+    failed: int
+
+
+def collect(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, n: int,
+            store: MeasurementStore, seed: int = 0, tuning_dir: str | None = None, batch: int = 4,
+            build_workers: int = 2, progress: bool = True,
+            on_batch: Callable[[int], None] | None = None) -> CollectReport:
+    """Measure `n` distinct subnets of `space` on `device` into `store`, resuming what is there."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    subnets = distinct_subnets(space, n, seed=seed)
+    done = store.measured_keys(device=device.name, space=space.name, protocol_key=device.protocol.key(),
+                               tuning_key=tuning_key(tuning_dir))
+    todo = [c for c in subnets if c.key() not in done]
+    measured = failed = 0
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True),
+                  disable=not progress) as bar:
+        task = bar.add_task(f"measure on {device.name}", total=n, completed=n - len(todo), info="")
+        for start in range(0, len(todo), batch):
+            chunk = todo[start:start + batch]
+            for rec in measure(device=device, space=space, model_config=model_config, subnets=chunk,
+                               tuning_dir=tuning_dir, build_workers=build_workers):
+                store.add(rec)
+                measured += rec.result.ok
+                failed += not rec.result.ok
+            bar.update(task, advance=len(chunk), info=f"{failed} failed")
+            if on_batch is not None:
+                on_batch(measured + failed)
+    return CollectReport(n, n - len(todo), measured, failed)

@@ -1,0 +1,106 @@
+"""Device profiles: where and how a subnet is measured, with a fingerprint of the hardware and software."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from hwnas.exceptions import MeasurementError
+from hwnas.latency._protocol import MeasureConfig
+
+KINDS = ("cpu", "gpu", "iot")
+RUNTIMES = ("tvm", "torch")
+LOCATIONS = ("local", "rpc")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceProfile:
+    """A measurement target. `target` is a TVM target JSON dict (TVM 0.27 rejects target strings)."""
+
+    name: str
+    kind: str
+    target: dict[str, Any]
+    runtime: str = "tvm"
+    location: str = "local"
+    tracker: str | None = None  # "host:port" of a TVM RPC tracker, for location == "rpc"
+    rpc_key: str | None = None
+    fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
+    protocol: MeasureConfig = MeasureConfig()
+
+    def __post_init__(self) -> None:
+        for field, allowed in (("kind", KINDS), ("runtime", RUNTIMES), ("location", LOCATIONS)):
+            if getattr(self, field) not in allowed:
+                raise MeasurementError(f"device '{self.name}': {field} '{getattr(self, field)}' is not one of "
+                                       f"{', '.join(allowed)}")
+        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
+            raise MeasurementError(f"device name '{self.name}' must be letters, digits, '-', '_' or '.'")
+        if self.location == "rpc":
+            host, _, port = (self.tracker or "").rpartition(":")
+            if not host or not port.isdigit() or not self.rpc_key:
+                raise MeasurementError(f"device '{self.name}': an rpc device needs --tracker HOST:PORT and --key, "
+                                       f"got tracker={self.tracker!r} key={self.rpc_key!r}")
+
+    @property
+    def torch_device(self) -> str:
+        return "cuda" if self.kind == "gpu" else "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["protocol"] = self.protocol.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceProfile:
+        return cls(**{**data, "protocol": MeasureConfig.from_dict(data.get("protocol") or {})})
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        return None
+
+
+def local_fingerprint() -> dict[str, Any]:
+    """What a latency depends on besides the subnet: hardware, and the software that compiled it."""
+    import tvm
+
+    return {
+        "cpu_model": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
+        "machine": platform.machine(), "llvm_cpu": str(tvm.target.codegen.llvm_get_system_cpu()),
+        "os": platform.platform(), "python": platform.python_version(),
+        "tvm": _version("apache-tvm"), "tvm_ffi": _version("apache-tvm-ffi"), "torch": _version("torch"),
+        "numpy": _version("numpy"), "onnxruntime": _version("onnxruntime"),
+    }
+
+
+def local_cpu_profile(*, threads: int | None = None) -> DeviceProfile:
+    """The built-in `local-cpu` device: this machine's CPU through TVM, threads pinned to the cores."""
+    from hwnas.kernels import host_target
+
+    cores = os.cpu_count() or 1
+    return DeviceProfile(name="local-cpu", kind="cpu", target=host_target(), runtime="tvm",
+                         fingerprint=local_fingerprint(), protocol=MeasureConfig(threads=threads or cores))
