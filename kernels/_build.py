@@ -124,12 +124,18 @@ def compile_module(mod: Any, target: dict[str, Any], tuning_dir: str | None = No
     from tvm import relax
 
     tgt = make_target(target)
-    if tuning_dir is None:
+    if tgt.kind.name == "cuda":
+        # Registers the nvcc callback, so kernels ship as compiled binaries for the target's arch;
+        # without it the library carries CUDA source that only a full TVM install can compile.
+        import tvm.support.nvcc  # noqa: F401
+
+        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")  # NVRTC needs cuda-bindings; nvcc ships with CUDA
+    if tuning_dir is not None:
+        mod = prepare(mod)
+        with tgt:
+            mod = relax.transform.MetaScheduleApplyDatabase(tuning_dir)(mod)
+    with tgt:  # the nvcc callback reads the arch from the current target
         return tvm.compile(mod, target=tgt)
-    prepared = prepare(mod)
-    with tgt:
-        prepared = relax.transform.MetaScheduleApplyDatabase(tuning_dir)(prepared)
-    return tvm.compile(prepared, target=tgt)
 
 
 def build_one(inp: BuildInput, out_dir: str) -> str:

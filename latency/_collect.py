@@ -24,7 +24,7 @@ from hwnas.kernels import BuildInput, TVMBuilder
 from hwnas.latency._devices import DeviceProfile
 from hwnas.latency._predictor import Sample
 from hwnas.latency._protocol import MeasureConfig, RunResult, median
-from hwnas.latency._runner import Runner, RunInput, TorchRunner, TVMLocalRunner
+from hwnas.latency._runner import RunInput, Runner, TorchRunner, TVMLocalRunner
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import ModelConfig
 

@@ -100,7 +100,42 @@ class _PooledRunner(Runner):
 def _tvm_device(target: dict[str, Any]) -> Any:
     import tvm
 
-    return tvm.cuda(0) if target.get("kind") == "cuda" else tvm.cpu(0)
+    if target.get("kind") == "cuda":
+        _load_cuda_runtime(str(target.get("arch", "sm_90")))
+        return tvm.cuda(0)
+    return tvm.cpu(0)
+
+
+def _load_cuda_runtime(arch: str) -> None:
+    """Make a runtime-only TVM (TVM_USE_RUNTIME_LIB=1, a deployment box) able to run CUDA libraries.
+
+    TVM 0.27 ships CUDA kernels as source, compiled when the library loads by the Python
+    callback `tvm_callback_cuda_compile`; the stock one needs the TVM compiler. Here the CUDA
+    runtime library is loaded and, without the compiler, a callback that runs nvcc.
+    """
+    import ctypes
+
+    import tvm
+    import tvm_ffi
+
+    lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    if not tvm.runtime.enabled("cuda") and lib.exists():
+        ctypes.CDLL(str(lib), ctypes.RTLD_GLOBAL)
+    if not getattr(tvm.base, "_RUNTIME_ONLY", False):
+        return
+
+    def nvcc_compile(code: str) -> bytearray:
+        import subprocess
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            src, out = Path(tmp, "k.cu"), Path(tmp, "k.fatbin")
+            src.write_text(code)
+            subprocess.run(["nvcc", "--fatbin", "-O3", f"-arch={arch}", "-o", str(out), str(src)], check=True,
+                           capture_output=True)
+            return bytearray(out.read_bytes())
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", nvcc_compile, override=True)
 
 
 def _time_tvm(vm: Any, dev: Any, meta: dict[str, Any], protocol: MeasureConfig,
@@ -126,14 +161,14 @@ def _time_tvm(vm: Any, dev: Any, meta: dict[str, Any], protocol: MeasureConfig,
 
 def _measure_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
     import tvm
-    from tvm import relax
+    from tvm.runtime.vm import VirtualMachine  # runtime only: works where the compiler is absent
 
     meta = json.loads((Path(artifact) / "meta.json").read_text())
     if protocol.threads:  # pin before the thread pool is first used
         tvm.get_global_func("runtime.config_threadpool")(1, protocol.threads)
-    dev = _tvm_device(meta["target"])
+    dev = _tvm_device(meta["target"])  # before loading: it may register the CUDA loader
     lib = tvm.runtime.load_module(str(Path(artifact) / meta["library"]))
-    vm = relax.VirtualMachine(lib, dev)
+    vm = VirtualMachine(lib, dev)
     return _time_tvm(vm, dev, meta, protocol, lambda a: tvm.runtime.tensor(a, device=dev))
 
 

@@ -102,3 +102,14 @@ def test_time_calls_counts_and_syncs() -> None:
     calls, syncs = [], []
     times = time_calls(lambda: calls.append(1), warmup=2, runs=3, number=4, sync=lambda: syncs.append(1))
     assert len(times) == 3 and len(calls) == 2 + 12 and len(syncs) == 4
+
+
+@pytest.mark.gpu
+def test_tvm_cuda_library_runs_on_the_gpu(tmp_path: Path, tiny_space: SearchSpace, tiny_mc: ModelConfig) -> None:
+    """Only with `-m gpu` on a machine with a CUDA driver: build for the local GPU and time it."""
+    b = BuildInput(tiny_space.largest(), tiny_mc, {"kind": "cuda", "arch": "sm_90"}, source_length_tokens=6,
+                   cache_len=4)
+    result = TVMLocalRunner().run([RunInput(b, build_one(b, str(tmp_path / "lib")))], PROTOCOL)[0]
+    assert result.ok, result.error
+    torch_result = TorchRunner(device="cuda").run([RunInput(b)], PROTOCOL)[0]
+    assert torch_result.ok, torch_result.error
