@@ -104,3 +104,18 @@ def local_cpu_profile(*, threads: int | None = None) -> DeviceProfile:
     cores = os.cpu_count() or 1
     return DeviceProfile(name="local-cpu", kind="cpu", target=host_target(), runtime="tvm",
                          fingerprint=local_fingerprint(), protocol=MeasureConfig(threads=threads or cores))
+
+
+def builtin_devices() -> dict[str, DeviceProfile]:
+    """Profiles that need no registration: this machine's CPU through TVM, and through PyTorch eager."""
+    cpu = local_cpu_profile()
+    return {cpu.name: cpu,
+            "local-cpu-torch": dataclasses.replace(cpu, name="local-cpu-torch", runtime="torch")}
+
+
+def get_device(name: str) -> DeviceProfile:
+    """A built-in device by name (registered devices live in the database; see hwnas.db)."""
+    devices = builtin_devices()
+    if name not in devices:
+        raise MeasurementError(f"unknown device '{name}' (built-in: {', '.join(devices)})")
+    return devices[name]

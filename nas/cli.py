@@ -166,6 +166,16 @@ def supernet_extract(
                   f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M)")
 
 
+def _register_subcommands() -> None:
+    from hwnas._cli_latency import kernels_app, latency_app
+
+    app.add_typer(kernels_app, name="kernels")
+    app.add_typer(latency_app, name="latency")
+
+
+_register_subcommands()
+
+
 def main() -> None:
     try:
         app()
