@@ -1,10 +1,11 @@
 """Device profiles, latency measurement (TVM, PyTorch; local and RPC) and latency predictors."""
 
 from hwnas.latency._protocol import MeasureConfig, RunResult, cv, median, trimmed_mean
-from hwnas.latency._runner import RunInput, Runner, TorchRunner, TVMLocalRunner, time_calls
+from hwnas.latency._runner import RPCRunner, RunInput, Runner, TorchRunner, TVMLocalRunner, time_calls
 
 __all__ = [
     "MeasureConfig",
+    "RPCRunner",
     "RunInput",
     "RunResult",
     "Runner",

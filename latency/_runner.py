@@ -223,3 +223,79 @@ class TorchRunner(_PooledRunner):
     def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
         return (item.build, protocol, self.device)
 
+
+def parse_tracker(tracker: str) -> tuple[str, int]:
+    host, _, port = tracker.rpartition(":")
+    if not host or not port.isdigit():
+        from hwnas.exceptions import MeasurementError
+
+        raise MeasurementError(f"bad tracker address '{tracker}' (expected HOST:PORT)")
+    return host, int(port)
+
+
+def check_tracker(tracker: str, key: str, *, timeout_s: float = 5.0) -> None:
+    """Fail fast, with one clear line, when the tracker is unreachable or knows no server with `key`."""
+    import socket
+
+    from hwnas.exceptions import MeasurementError
+
+    host, port = parse_tracker(tracker)
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise MeasurementError(f"cannot reach TVM RPC tracker {host}:{port}: {e.strerror or e}") from e
+    from tvm import rpc
+
+    summary = rpc.connect_tracker(host, port).summary()
+    keys = set(summary.get("queue_info", {}))
+    if key not in keys:
+        raise MeasurementError(f"TVM RPC tracker {host}:{port} has no device with key '{key}' "
+                               f"(keys: {', '.join(sorted(keys)) or 'none'}); start one with "
+                               f"`hwnas devices serve --tracker {host}:{port} --key {key}`")
+
+
+def _measure_rpc(artifact: str, protocol: MeasureConfig, tracker: str, key: str,
+                 session_timeout_s: float) -> tuple[list[float], list[float]]:
+    """Upload the library to a server of `key`, time both functions there with TVM's on-device timer."""
+    import tvm
+    from tvm import rpc
+    from tvm.runtime.vm import VirtualMachine
+
+    meta = json.loads((Path(artifact) / "meta.json").read_text())
+    host, port = parse_tracker(tracker)
+    remote = rpc.connect_tracker(host, port).request(key, priority=1, session_timeout=session_timeout_s)
+    remote.upload(str(Path(artifact) / meta["library"]))
+    lib = remote.load_module(meta["library"])
+    dev = remote.cuda(0) if meta["target"].get("kind") == "cuda" else remote.cpu(0)
+    if protocol.threads:
+        remote.get_function("runtime.config_threadpool")(1, protocol.threads)
+    vm = VirtualMachine(lib, dev)
+    return _time_tvm(vm, dev, meta, protocol, lambda a: tvm.runtime.tensor(a, device=dev))
+
+
+class RPCRunner(_PooledRunner):
+    """A device registered at a TVM RPC tracker under `key` (a Raspberry Pi, a phone, another host).
+
+    The library is uploaded per measurement; the session lives at most `session_timeout_s`, so a
+    hung device costs one record (HAT's users saw sessions hang under emulation).
+    """
+
+    name = "tvm-rpc"
+
+    def __init__(self, *, tracker: str, key: str, timeout_s: float = 300.0, session_timeout_s: float = 240.0):
+        super().__init__(timeout_s=timeout_s)
+        self.tracker, self.key, self.session_timeout_s = tracker, key, session_timeout_s
+
+    def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
+        return _measure_rpc
+
+    def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
+        if item.artifact is None:
+            raise ValueError("RPCRunner needs built artifacts (RunInput.artifact)")
+        return (item.artifact, protocol, self.tracker, self.key, self.session_timeout_s)
+
+    def run(self, inputs: Sequence[RunInput], protocol: MeasureConfig) -> list[RunResult]:
+        check_tracker(self.tracker, self.key)  # a setup error is one clear error, not N failed records
+        return super().run(inputs, protocol)
+

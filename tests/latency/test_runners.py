@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hwnas.exceptions import MeasurementError
 from hwnas.kernels import BuildInput, build_one, host_target
 from hwnas.latency import (
     MeasureConfig,
+    RPCRunner,
     RunInput,
     Runner,
     RunResult,
@@ -19,9 +22,11 @@ from hwnas.latency import (
     time_calls,
     trimmed_mean,
 )
+from hwnas.latency._rpc import loopback_rpc
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet import ModelConfig
 
+RPC_KEY = "loopback-test"
 PROTOCOL = MeasureConfig(source_length_tokens=6, decode_steps=4, warmup_runs=1, timed_runs=5, threads=1)
 
 
@@ -35,8 +40,17 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_space: SearchSpace, ti
     return out
 
 
-@pytest.fixture(params=["tvm-local", "torch"])
+@pytest.fixture(scope="module")
+def rpc_tracker() -> Iterator[str]:
+    """A TVM RPC tracker and one server on loopback: the stand-in for a remote board."""
+    with loopback_rpc(RPC_KEY) as tracker:
+        yield tracker
+
+
+@pytest.fixture(params=["tvm-local", "torch", "tvm-rpc"])
 def runner(request: pytest.FixtureRequest) -> Runner:
+    if request.param == "tvm-rpc":
+        return RPCRunner(tracker=request.getfixturevalue("rpc_tracker"), key=RPC_KEY, timeout_s=120)
     return TVMLocalRunner(timeout_s=120) if request.param == "tvm-local" else TorchRunner(timeout_s=120)
 
 
@@ -58,6 +72,15 @@ class TestRunnerContract:
         results = runner.run([broken, inputs[0]], PROTOCOL)
         assert not results[0].ok and results[0].error
         assert results[1].ok
+
+
+def test_rpc_setup_errors_are_one_clear_error(rpc_tracker: str, inputs: list[RunInput]) -> None:
+    with pytest.raises(MeasurementError, match="cannot reach TVM RPC tracker 127.0.0.1:1"):
+        RPCRunner(tracker="127.0.0.1:1", key=RPC_KEY).run(inputs, PROTOCOL)
+    with pytest.raises(MeasurementError, match="has no device with key 'no-such-board'"):
+        RPCRunner(tracker=rpc_tracker, key="no-such-board").run(inputs, PROTOCOL)
+    with pytest.raises(MeasurementError, match="bad tracker address"):
+        RPCRunner(tracker="localhost", key=RPC_KEY).run(inputs, PROTOCOL)
 
 
 def test_timeout_is_a_failed_record(inputs: list[RunInput]) -> None:
