@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+devices_app = typer.Typer(no_args_is_help=True, help="Device profiles and remote devices (TVM RPC).")
 kernels_app = typer.Typer(no_args_is_help=True, help="TVM kernels: MetaSchedule tuning per (device, space).")
 latency_app = typer.Typer(no_args_is_help=True, help="Measure subnets on devices; train latency predictors.")
 console = Console()
@@ -87,6 +88,43 @@ def latency_measure(
     console.print(f"{dev.name} ({'tuned' if use else 'untuned'}): {r.latency_ms(steps):.3f} ms = encoder "
                   f"{median(r.encoder_ms or ()):.3f} + {steps} x step {median(r.decoder_step_ms or ()):.4f}  "
                   f"(CV {100 * r.latency_cv():.1f}%, {len(r.encoder_ms or ())} runs)")
+
+
+@devices_app.command("serve")
+def devices_serve(
+    tracker: Annotated[str, typer.Option(help="HOST:PORT of the TVM RPC tracker to join")],
+    key: Annotated[str, typer.Option(help="Device key that measurements ask the tracker for")],
+    host: Annotated[str, typer.Option(help="Address to listen on")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(min=1, max=65000)] = 9090,
+) -> None:
+    """Run on the device (a Raspberry Pi, a GPU box): serve TVM RPC sessions for the tracker."""
+    import os
+
+    from hwnas.latency._rpc import server_command
+
+    cmd = server_command(tracker=tracker, key=key, host=host, port=port)
+    console.print(f"joining tracker {tracker} as '{key}': {' '.join(cmd[1:])}")
+    os.execv(cmd[0], cmd)  # become the server: signals and exit codes reach it directly
+
+
+@devices_app.command("list")
+def devices_list() -> None:
+    """Device profiles (built-in for now; registered devices come with the database)."""
+    from hwnas.latency._devices import builtin_devices
+
+    table = Table("name", "kind", "runtime", "where", "target")
+    for d in builtin_devices().values():
+        table.add_row(d.name, d.kind, d.runtime, d.location if d.location == "local" else f"{d.tracker} ({d.rpc_key})",
+                      json.dumps(d.target))
+    console.print(table)
+
+
+@devices_app.command("show")
+def devices_show(name: Annotated[str, typer.Argument(help="Device name")]) -> None:
+    """A device profile as JSON: target, fingerprint and measurement protocol."""
+    from hwnas.latency._devices import get_device
+
+    typer.echo(json.dumps(get_device(name).to_dict(), indent=2))
 
 
 def _fail(message: str) -> int:

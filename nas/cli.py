@@ -167,8 +167,9 @@ def supernet_extract(
 
 
 def _register_subcommands() -> None:
-    from hwnas._cli_latency import kernels_app, latency_app
+    from hwnas._cli_latency import devices_app, kernels_app, latency_app
 
+    app.add_typer(devices_app, name="devices")
     app.add_typer(kernels_app, name="kernels")
     app.add_typer(latency_app, name="latency")
 
