@@ -24,7 +24,7 @@ from hwnas.kernels import BuildInput, TVMBuilder
 from hwnas.latency._devices import DeviceProfile
 from hwnas.latency._predictor import Sample
 from hwnas.latency._protocol import MeasureConfig, RunResult, median
-from hwnas.latency._runner import RunInput, Runner, TorchRunner, TVMLocalRunner
+from hwnas.latency._runner import RPCRunner, RunInput, Runner, TorchRunner, TVMLocalRunner
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import ModelConfig
 
@@ -95,7 +95,9 @@ def runner_for(device: DeviceProfile, *, timeout_s: float = 300.0) -> Runner:
         return TorchRunner(device=device.torch_device, timeout_s=timeout_s)
     if device.location == "local":
         return TVMLocalRunner(timeout_s=timeout_s)
-    raise MeasurementError(f"device '{device.name}': remote (RPC) measurement is not available yet")
+    if not device.tracker or not device.rpc_key:
+        raise MeasurementError(f"device '{device.name}' is remote but has no tracker/key")
+    return RPCRunner(tracker=device.tracker, key=device.rpc_key, timeout_s=timeout_s)
 
 
 def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, subnets: Sequence[SubnetConfig],

@@ -3,10 +3,13 @@
 from hwnas.exceptions import (
     CheckpointError,
     DataError,
+    DuplicateError,
     HwnasError,
     InfeasibleConstraintError,
     MeasurementError,
+    NotFoundError,
     SearchSpaceError,
+    StorageError,
 )
 
 __version__ = "0.1.0"
@@ -14,9 +17,12 @@ __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
     "DataError",
+    "DuplicateError",
     "HwnasError",
     "InfeasibleConstraintError",
     "MeasurementError",
+    "NotFoundError",
     "SearchSpaceError",
+    "StorageError",
     "__version__",
 ]

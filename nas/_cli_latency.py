@@ -19,6 +19,20 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="Device profile name (b
 SpaceOpt = Annotated[str, typer.Option("--space", help="Search space name or .json file")]
 
 
+def _db():  # noqa: ANN202 - hwnas.db.Database, imported lazily
+    from hwnas.db import Database
+
+    return Database()
+
+
+def _device(name: str):  # noqa: ANN202 - DeviceProfile
+    """Built-in devices need no database; any other name is looked up in it."""
+    from hwnas.latency._devices import builtin_devices
+    from hwnas.latency._registry import DeviceRegistry
+
+    return builtin_devices().get(name) or DeviceRegistry(_db()).get(name)
+
+
 def default_vocab_size(space: str) -> int:
     """The output layer is part of the latency: quickstart's tokenizer has 4000 entries, HAT's WMT BPE ~32K."""
     return 4000 if Path(space).stem == "quickstart" else 32768
@@ -39,11 +53,10 @@ def kernels_tune(
 ) -> None:
     """Tune every workload of a space for a device, into a database that every subnet build reuses."""
     from hwnas.kernels._tune import tune_space
-    from hwnas.latency._devices import get_device
     from hwnas.search_spaces import get_space
     from hwnas.supernet import ModelConfig
 
-    dev, sp = get_device(device), get_space(space)
+    dev, sp = _device(device), get_space(space)
     mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
     out = tuning_dir(device, space)
     report = tune_space(space=sp, mc=mc, target=dev.target, work_dir=out, trials=trials,
@@ -70,11 +83,10 @@ def latency_measure(
     """Build and time one subnet on a device (encoder + decoder steps, raw runs summarized)."""
     from hwnas.cli import _load_subnet
     from hwnas.latency._collect import measure
-    from hwnas.latency._devices import get_device
     from hwnas.search_spaces import get_space
     from hwnas.supernet import ModelConfig
 
-    dev, sp = get_device(device), get_space(space)
+    dev, sp = _device(device), get_space(space)
     cfg = _load_subnet(subnet, sp)
     tdir = tuning_dir(device, space)
     use = None if untuned or dev.runtime != "tvm" or not (tdir / "database_tuning_record.json").exists() else str(tdir)
@@ -109,22 +121,115 @@ def devices_serve(
 
 @devices_app.command("list")
 def devices_list() -> None:
-    """Device profiles (built-in for now; registered devices come with the database)."""
-    from hwnas.latency._devices import builtin_devices
+    """Built-in and registered device profiles."""
+    from hwnas.latency._registry import DeviceRegistry
 
     table = Table("name", "kind", "runtime", "where", "target")
-    for d in builtin_devices().values():
-        table.add_row(d.name, d.kind, d.runtime, d.location if d.location == "local" else f"{d.tracker} ({d.rpc_key})",
-                      json.dumps(d.target))
+    for d in DeviceRegistry(_db()).list():
+        where = d.location if d.location == "local" else f"{d.tracker} ({d.rpc_key})"
+        table.add_row(d.name, d.kind, d.runtime, where, json.dumps(d.target))
     console.print(table)
 
 
 @devices_app.command("show")
 def devices_show(name: Annotated[str, typer.Argument(help="Device name")]) -> None:
-    """A device profile as JSON: target, fingerprint and measurement protocol."""
-    from hwnas.latency._devices import get_device
+    """A device profile as JSON: target, fingerprint, protocol, measurements and predictors."""
+    from hwnas.latency._registry import DeviceRegistry, list_predictors
 
-    typer.echo(json.dumps(get_device(name).to_dict(), indent=2))
+    db = _db()
+    out = {**_device(name).to_dict(), "measurements": DeviceRegistry(db).measurement_counts(name),
+           "predictors": list_predictors(db, name)}
+    typer.echo(json.dumps(out, indent=2, default=str))
+
+
+@devices_app.command("add")
+def devices_add(
+    name: Annotated[str, typer.Argument(help="A new device name")],
+    kind: Annotated[str, typer.Option(help="cpu, gpu or iot")],
+    target: Annotated[str, typer.Option(help='TVM target as JSON, e.g. {"kind": "llvm", "mcpu": "znver4"}')],
+    runtime: Annotated[str, typer.Option(help="tvm or torch")] = "tvm",
+    tracker: Annotated[str | None, typer.Option(help="HOST:PORT of the RPC tracker (remote devices)")] = None,
+    key: Annotated[str | None, typer.Option(help="RPC device key (remote devices)")] = None,
+) -> None:
+    """Register a device; remote ones join a tracker with `hwnas devices serve`."""
+    from hwnas.exceptions import MeasurementError
+    from hwnas.kernels import make_target
+    from hwnas.latency._devices import DeviceProfile
+    from hwnas.latency._registry import DeviceRegistry
+
+    try:
+        target_dict = json.loads(target)
+    except json.JSONDecodeError as e:
+        raise MeasurementError(f"--target is not valid JSON: {e}") from e
+    make_target(target_dict)  # reject a bad target now, not at the first measurement
+    profile = DeviceProfile(name=name, kind=kind, target=target_dict, runtime=runtime,
+                            location="rpc" if tracker or key else "local", tracker=tracker, rpc_key=key)
+    DeviceRegistry(_db()).add(profile)
+    console.print(f"added device '{name}'")
+
+
+@devices_app.command("remove")
+def devices_remove(name: Annotated[str, typer.Argument(help="Device name")]) -> None:
+    """Remove a registered device with its measurements and predictors."""
+    from hwnas.latency._registry import DeviceRegistry
+
+    DeviceRegistry(_db()).remove(name)
+    console.print(f"removed device '{name}'")
+
+
+@latency_app.command("collect")
+def latency_collect(
+    device: DeviceOpt = "local-cpu",
+    space: SpaceOpt = "quickstart",
+    n: Annotated[int, typer.Option("-n", min=1, help="Distinct subnets to have measured")] = 2000,
+    seed: int = 0,
+    untuned: Annotated[bool, typer.Option(help="Ignore the device's tuning database")] = False,
+    vocab_size: Annotated[int | None, typer.Option(min=8)] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Parallel builds")] = 2,
+) -> None:
+    """Measure n random subnets into the database; resumable, skips what is already measured."""
+    from hwnas.latency._collect import collect
+    from hwnas.latency._registry import SQLMeasurementStore
+    from hwnas.search_spaces import get_space
+    from hwnas.supernet import ModelConfig
+
+    dev, sp = _device(device), get_space(space)
+    tdir = tuning_dir(device, space)
+    use = None if untuned or dev.runtime != "tvm" or not (tdir / "database_tuning_record.json").exists() else str(tdir)
+    mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
+    report = collect(device=dev, space=sp, model_config=mc, n=n, store=SQLMeasurementStore(_db()), seed=seed,
+                     tuning_dir=use, build_workers=workers)
+    console.print(f"{report.measured} measured, {report.failed} failed, {report.skipped} already in the database "
+                  f"({'tuned' if use else 'untuned'} kernels)")
+
+
+@latency_app.command("train")
+def latency_train(
+    device: DeviceOpt = "local-cpu",
+    space: SpaceOpt = "quickstart",
+    kinds: Annotated[str, typer.Option(help="Comma-separated predictor kinds")] = "layerwise,hat-mlp",
+    test_fraction: Annotated[float, typer.Option(min=0.05, max=0.9)] = 0.2,
+    constraint_ms: Annotated[float | None, typer.Option(help="Report the error near this latency")] = None,
+    seed: int = 0,
+    untuned: Annotated[bool, typer.Option(help="Train on measurements of untuned kernels")] = False,
+) -> None:
+    """Train predictors on the device's measurements; report held-out accuracy; store new versions."""
+    from hwnas.latency._training import train_predictors
+    from hwnas.search_spaces import get_space
+
+    dev, sp = _device(device), get_space(space)
+    tdir = tuning_dir(device, space)
+    use = None if untuned or dev.runtime != "tvm" or not (tdir / "database_tuning_record.json").exists() else str(tdir)
+    results = train_predictors(_db(), device=dev, space=sp, kinds=kinds.split(","), tuning_dir=use,
+                               test_fraction=test_fraction, constraint_ms=constraint_ms, seed=seed)
+    table = Table("predictor", "version", "train/test", "RMSE ms", "MAPE %", "within 5%", "within 10%", "Spearman",
+                  "Kendall")
+    for r in results:
+        m = r["metrics"]
+        table.add_row(r["kind"], str(r["version"]), f"{r['train']}/{r['test']}", f"{m['rmse_ms']:.3f}",
+                      f"{100 * m['mape']:.2f}", f"{100 * m['within_5pct']:.1f}%", f"{100 * m['within_10pct']:.1f}%",
+                      f"{m['spearman']:.3f}", f"{m['kendall']:.3f}")
+    console.print(table)
 
 
 def _fail(message: str) -> int:

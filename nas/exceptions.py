@@ -9,6 +9,9 @@ __all__ = [
     "CheckpointError",
     "InfeasibleConstraintError",
     "MeasurementError",
+    "StorageError",
+    "NotFoundError",
+    "DuplicateError",
 ]
 
 
@@ -34,3 +37,15 @@ class InfeasibleConstraintError(HwnasError):
 
 class MeasurementError(HwnasError):
     """A device, target or measurement setup is unusable (bad target, unreachable tracker...)."""
+
+
+class StorageError(HwnasError):
+    """The results database is unreachable, or a write broke a constraint (the transaction rolled back)."""
+
+
+class NotFoundError(HwnasError, LookupError):
+    """An id or name (device, predictor, job) that does not exist."""
+
+
+class DuplicateError(HwnasError):
+    """Something with that name already exists."""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hwnas.db import Database
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet import ModelConfig, load_bible
 
@@ -46,3 +51,56 @@ def bible_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (d / f"{split}.de").write_text("\n".join(corpus.source) + "\n", encoding="utf-8")
         (d / f"{split}.en").write_text("\n".join(corpus.target) + "\n", encoding="utf-8")
     return d
+
+
+PG_ADMIN_URL = os.environ.get("HWNAS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    name = f"hwnas_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as e:
+        if os.environ.get("CI"):  # CI promises PostgreSQL (.ci/run starts it): its absence is a failure
+            pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL}: {e}")
+        pytest.skip("PostgreSQL is not reachable")
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@contextlib.contextmanager
+def open_db(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated database on `backend`, emptied afterwards (PostgreSQL's is shared by the session)."""
+    from sqlalchemy import text
+
+    from hwnas.db import Base
+
+    url = f"sqlite:///{tmp_path / 'hwnas.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    database = Database(url)
+    try:
+        yield database
+    finally:
+        if backend == "postgresql":
+            with database.engine.begin() as conn:
+                for table in reversed(Base.metadata.sorted_tables):
+                    conn.execute(text(f'DELETE FROM "{table.name}"'))
+        database.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """Every storage test runs on both backends."""
+    with open_db(request.param, request, tmp_path) as database:
+        yield database

@@ -1,0 +1,96 @@
+"""Typed ORM tables (SQLAlchemy 2.0). API schemas live apart from these (hwnas.api, later)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[float]: JSON}
+
+
+class Device(Base):
+    """A measurement target: TVM target dict, runtime, where it runs, fingerprint and protocol."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[dict[str, Any]] = mapped_column(JSON)
+    runtime: Mapped[str] = mapped_column(String(16))
+    location: Mapped[str] = mapped_column(String(16))
+    tracker: Mapped[str | None] = mapped_column(String(256))
+    rpc_key: Mapped[str | None] = mapped_column(String(128))
+    fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)
+    protocol: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    measurements: Mapped[list[Measurement]] = relationship(back_populates="device", cascade="all, delete-orphan",
+                                                           passive_deletes=True)
+
+
+class Measurement(Base):
+    """Raw timings of one subnet on one device under one protocol and tuning database (or the error)."""
+
+    __tablename__ = "measurements"
+    __table_args__ = (UniqueConstraint("device_id", "space", "subnet_key", "protocol_key", "tuning_key",
+                                       name="uq_measurement_identity"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    space: Mapped[str] = mapped_column(String(128))
+    subnet_key: Mapped[str] = mapped_column(String(16))
+    subnet: Mapped[dict[str, Any]] = mapped_column(JSON)
+    protocol: Mapped[dict[str, Any]] = mapped_column(JSON)
+    protocol_key: Mapped[str] = mapped_column(String(16))
+    tuning_key: Mapped[str] = mapped_column(String(64))  # '' = untuned kernels
+    status: Mapped[str] = mapped_column(String(8))  # 'ok' | 'error'
+    error: Mapped[str | None] = mapped_column(Text)
+    encoder_ms: Mapped[list[float] | None] = mapped_column(JSON)
+    decoder_step_ms: Mapped[list[float] | None] = mapped_column(JSON)
+    latency_ms: Mapped[float | None] = mapped_column(Float)  # median end-to-end, derived for queries
+    latency_cv: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    device: Mapped[Device] = relationship(back_populates="measurements")
+
+
+class Predictor(Base):
+    """A trained latency predictor, versioned per (device, kind), with what it was trained on."""
+
+    __tablename__ = "predictors"
+    __table_args__ = (UniqueConstraint("device_id", "kind", "version", name="uq_predictor_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer)
+    space: Mapped[str] = mapped_column(String(128))
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)
+    training_data_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Supernet(Base):
+    """A trained SuperTransformer checkpoint on disk, registered for search jobs."""
+
+    __tablename__ = "supernets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    space: Mapped[str] = mapped_column(String(128))
+    data: Mapped[str] = mapped_column(String(512))
+    path: Mapped[str] = mapped_column(String(1024))
+    step: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
