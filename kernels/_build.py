@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +34,19 @@ def make_target(target: dict[str, Any]) -> Any:
 
     if not isinstance(target, dict) or "kind" not in target:
         raise MeasurementError(f"a TVM target must be a JSON object with a 'kind', got {target!r}")
+    mcpu = target.get("mcpu")
     try:
-        tgt = tvm.target.Target(target)
+        if target.get("kind") == "llvm" and mcpu:  # TVM silently falls back to generic code for an unknown CPU
+            base = tvm.target.Target({k: v for k, v in target.items() if k != "mcpu"})
+            known = [str(c) for c in tvm.target.codegen.llvm_get_cpu_archlist(base)]
+            if mcpu not in known:
+                raise MeasurementError(f"bad TVM target {json.dumps(target)}: LLVM knows no CPU '{mcpu}' for this "
+                                       f"triple (e.g. {', '.join(known[:6])}, ...)")
+        return tvm.target.Target(target)
+    except MeasurementError:
+        raise
     except Exception as e:  # boundary: TVM raises ValueError or its own FFI errors
         raise MeasurementError(f"bad TVM target {json.dumps(target)}: {str(e).splitlines()[0]}") from e
-    mcpu = target.get("mcpu")
-    if tgt.kind.name == "llvm" and mcpu:  # TVM silently falls back to generic code for an unknown CPU
-        known = [str(c) for c in tvm.target.codegen.llvm_get_cpu_archlist(tgt)]
-        if mcpu not in known:
-            raise MeasurementError(f"bad TVM target {json.dumps(target)}: LLVM knows no CPU '{mcpu}' for this triple "
-                                   f"(e.g. {', '.join(known[:6])}, ...)")
-    return tgt
 
 
 def host_target() -> dict[str, Any]:
@@ -101,7 +105,8 @@ def export_relax(model: SubTransformer, *, batch: int, source_length_tokens: int
 
     enc_in, step_in = example_inputs(model, batch=batch, src_len=source_length_tokens, cache_len=cache_len)
     funcs = {}
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)  # torch.export noise
         graphs = ((ENCODER, EncoderGraph(model), enc_in), (DECODER_STEP, DecoderStepGraph(model), step_in))
         for name, graph, args in graphs:
             ep = torch.export.export(graph.eval(), args)
@@ -176,7 +181,9 @@ class TVMBuilder:
 
         if len(inputs) != len(out_dirs):
             raise ValueError("one output directory per build input")
-        pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_s)
+        # Workers' own logging (TVM C++ warnings) stays out of the user's terminal; errors come back as data.
+        pool = PopenPoolExecutor(max_workers=self.max_workers, timeout=self.timeout_s, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
         futures = [pool.submit(_build_worker, inp, out) for inp, out in zip(inputs, out_dirs, strict=True)]
         results = []
         for fut in futures:

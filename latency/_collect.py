@@ -24,7 +24,7 @@ from hwnas.kernels import BuildInput, TVMBuilder
 from hwnas.latency._devices import DeviceProfile
 from hwnas.latency._predictor import Sample
 from hwnas.latency._protocol import MeasureConfig, RunResult, median
-from hwnas.latency._runner import RPCRunner, RunInput, Runner, TorchRunner, TVMLocalRunner
+from hwnas.latency._runner import RPCRunner, RunInput, Runner, TorchRunner, TVMLocalRunner, check_tracker
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import ModelConfig
 
@@ -105,6 +105,9 @@ def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
             timeout_s: float = 600.0) -> list[MeasurementRecord]:
     """Build and time `subnets` on `device`; one record per subnet, failures included."""
     protocol = device.protocol
+    runner = runner_for(device, timeout_s=timeout_s)
+    if isinstance(runner, RPCRunner):
+        check_tracker(runner.tracker, runner.key)  # before minutes of building for a board that is not there
     builds = [BuildInput(cfg, model_config, device.target, batch=protocol.batch_size,
                          source_length_tokens=protocol.source_length_tokens, cache_len=protocol.decode_steps,
                          tuning_dir=tuning_dir) for cfg in subnets]
@@ -116,7 +119,7 @@ def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
         else:
             built = [None] * len(builds)
         to_run = [i for i, b in enumerate(built) if b is None or b.artifact]
-        timed = runner_for(device, timeout_s=timeout_s).run(
+        timed = runner.run(
             [RunInput(builds[i], built[i].artifact if built[i] else None) for i in to_run], protocol)
     results: list[RunResult] = [RunResult(error=f"build failed: {b.error}") if b and b.error else None
                                 for b in built]  # type: ignore[misc]

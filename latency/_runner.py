@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,14 +85,19 @@ class _PooledRunner(Runner):
         from tvm.support.popen_pool import PopenPoolExecutor
 
         results: list[RunResult] = []
-        pool = PopenPoolExecutor(max_workers=1, timeout=self.timeout_s)
+
+        def new_pool() -> PopenPoolExecutor:
+            return PopenPoolExecutor(max_workers=1, timeout=self.timeout_s, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+        pool = new_pool()
         for item in inputs:  # one at a time: concurrent timings would disturb each other
             try:
                 enc, dec = pool.submit(self._job(), *self._args(item, protocol)).result()
                 results.append(RunResult(encoder_ms=tuple(enc), decoder_step_ms=tuple(dec)))
             except TimeoutError:
                 results.append(_failed(f"measurement timed out after {self.timeout_s:.0f} s"))
-                pool = PopenPoolExecutor(max_workers=1, timeout=self.timeout_s)
+                pool = new_pool()
             except Exception as e:  # the worker raised or died: this input failed, the batch goes on
                 results.append(_failed(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e) else ''}"))
         return results

@@ -21,7 +21,9 @@ SUBNET = {  # a subnet of the tiny test space
 
 
 def hwnas(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HWNAS_HOME": str(home)} if home else dict(os.environ)
+    env = {**os.environ, "COLUMNS": "200"}  # rich wraps tables to 80 columns when not on a terminal
+    if home:
+        env["HWNAS_HOME"] = str(home)
     return subprocess.run([sys.executable, "-m", "hwnas.cli", *args], capture_output=True, text=True,
                           env=env, timeout=300)
 

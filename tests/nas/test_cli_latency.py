@@ -1,0 +1,73 @@
+"""`hwnas devices|kernels|latency` as users run them, on the default SQLite database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_SPACE_DICT
+from tests.nas.test_cli import assert_clean_error, hwnas
+
+
+@pytest.fixture()
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture()
+def space_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps({**TINY_SPACE_DICT, "source_length_tokens": 6}))
+    return path
+
+
+def test_device_lifecycle(home: Path) -> None:
+    target = '{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}'
+    r = hwnas("devices", "add", "rpi4", "--kind", "iot", "--target", target, "--tracker", "127.0.0.1:1", "--key",
+              "rpi4", home=home)
+    assert r.returncode == 0, r.stderr
+    assert "rpi4" in hwnas("devices", "list", home=home).stdout
+    shown = json.loads(hwnas("devices", "show", "rpi4", home=home).stdout)
+    assert shown["target"]["mcpu"] == "cortex-a72" and shown["location"] == "rpc" and shown["predictors"] == []
+    assert_clean_error(hwnas("devices", "add", "rpi4", "--kind", "iot", "--target", target, "--tracker",
+                             "127.0.0.1:1", "--key", "rpi4", home=home), "already exists")
+    assert_clean_error(hwnas("latency", "measure", "--device", "rpi4", "--subnet", "smallest", home=home),
+                       "cannot reach TVM RPC tracker 127.0.0.1:1")
+    assert hwnas("devices", "remove", "rpi4", home=home).returncode == 0
+    assert_clean_error(hwnas("devices", "show", "rpi4", home=home), "unknown device 'rpi4'")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--kind", "cpu", "--target", "{nope"], "--target is not valid JSON"),
+        (["--kind", "cpu", "--target", '{"kind": "llvm", "mcpu": "pentium9"}'], "LLVM knows no CPU 'pentium9'"),
+        (["--kind", "tpu", "--target", '{"kind": "llvm"}'], "kind 'tpu' is not one of cpu, gpu, iot"),
+        (["--kind", "iot", "--target", '{"kind": "llvm"}', "--key", "k"], "an rpc device needs --tracker"),
+    ],
+)
+def test_bad_device_definitions(home: Path, args: list[str], fragment: str) -> None:
+    assert_clean_error(hwnas("devices", "add", "board", *args, home=home), fragment)
+
+
+def test_collect_resumes_and_train_reports(home: Path, space_file: Path) -> None:
+    """The whole loop on the PyTorch-eager device (no compile step, so it fits in a test)."""
+    common = ["--device", "local-cpu-torch", "--space", str(space_file)]
+    r = hwnas("latency", "collect", *common, "-n", "14", "--vocab-size", "97", home=home)
+    assert r.returncode == 0, r.stderr
+    assert "14 measured, 0 failed, 0 already" in r.stdout
+    again = hwnas("latency", "collect", *common, "-n", "14", "--vocab-size", "97", home=home)
+    assert "0 measured, 0 failed, 14 already in the database" in again.stdout
+    trained = hwnas("latency", "train", *common, "--kinds", "layerwise", home=home)
+    assert trained.returncode == 0, trained.stderr
+    assert "layerwise" in trained.stdout and "11/3" in trained.stdout
+    shown = json.loads(hwnas("devices", "show", "local-cpu-torch", home=home).stdout)
+    assert shown["measurements"]["ok"]["count"] == 14 and shown["predictors"][0]["version"] == 1
+
+
+def test_unknown_device_and_empty_training_set(home: Path) -> None:
+    assert_clean_error(hwnas("latency", "collect", "--device", "nope", "-n", "1", home=home),
+                       "unknown device 'nope'")
+    assert_clean_error(hwnas("latency", "train", "--device", "local-cpu", home=home), "0 usable measurements")
