@@ -1,0 +1,116 @@
+"""Benchmark: latency predictors on real measurements of this CPU (TVM-compiled subnets).
+
+Collects n random quickstart subnets on `local-cpu` into a benchmark database (resumable),
+using the device's tuning database when there is one, then trains HAT's MLP baseline and
+the layer-additive predictor on the same seeded split and reports held-out accuracy,
+measurement noise (CV) and collection throughput. Writes bench/results/predictor-<device>.json
+and a predicted-vs-measured scatter PNG.
+
+    python bench/predictor.py -n 150
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hwnas.db import Database
+from hwnas.io import atomic_write
+from hwnas.latency._collect import collect, tuning_key
+from hwnas.latency._predictor import accuracy, create_predictor
+from hwnas.latency._registry import DeviceRegistry, SQLMeasurementStore
+from hwnas.latency._training import split
+from hwnas.search_spaces import get_space
+from hwnas.supernet import ModelConfig
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=150)
+    ap.add_argument("--device", default="local-cpu")
+    ap.add_argument("--space", default="quickstart")
+    ap.add_argument("--tuning-dir", default=None, help="default: the device's tuning database, if any")
+    ap.add_argument("--db", default=f"sqlite:///{Path(os.environ.get('TMPDIR', '/tmp')) / 'hwnas-bench.db'}")
+    ap.add_argument("--test-fraction", type=float, default=0.25)
+    args = ap.parse_args()
+
+    from hwnas._cli_latency import default_vocab_size, tuning_dir
+
+    db = Database(args.db)
+    device, space = DeviceRegistry(db).get(args.device), get_space(args.space)
+    tdir = args.tuning_dir or str(tuning_dir(args.device, args.space))
+    tdir = tdir if Path(tdir, "database_tuning_record.json").exists() else None
+    mc = ModelConfig(vocab_size=default_vocab_size(args.space), qkv_dim=space.qkv_dim)
+    store = SQLMeasurementStore(db)
+    t0 = time.perf_counter()
+    report = collect(device=device, space=space, model_config=mc, n=args.n, store=store, tuning_dir=tdir)
+    collect_s = time.perf_counter() - t0
+
+    records = store.records(device=device.name, space=space.name, protocol_key=device.protocol.key(),
+                            tuning_key=tuning_key(tdir))
+    ok = [r for r in records if r.result.ok]
+    cvs = np.array([r.result.latency_cv() for r in ok])
+    train, test = split(ok, args.test_fraction, seed=0)
+    measured = np.array([r.sample().latency_ms for r in test])
+    constraint = float(np.median(measured))
+    predictors = {}
+    for kind in ("hat-mlp", "layerwise"):
+        t1 = time.perf_counter()
+        pred = create_predictor(kind, space, device.protocol.decode_steps).fit([r.sample() for r in train], seed=0)
+        fit_s = time.perf_counter() - t1
+        predicted = pred.predict([r.subnet for r in test])
+        predictors[kind] = {**accuracy(predicted, measured, constraint_ms=constraint), "fit_s": fit_s,
+                            "predicted_ms": predicted.tolist()}
+    out = {
+        "benchmark": "predictor", "device": device.name, "fingerprint": device.fingerprint, "space": space.name,
+        "tuned": tdir is not None, "tuning_key": tuning_key(tdir), "protocol": device.protocol.to_dict(),
+        "measurements": {"ok": len(ok), "failed": len(records) - len(ok), "train": len(train), "test": len(test)},
+        "noise_cv": {"median": float(np.median(cvs)), "p90": float(np.percentile(cvs, 90)),
+                     "max": float(cvs.max())},
+        "collection": {"this_run_measured": report.measured, "this_run_s": collect_s,
+                       "subnets_per_min": 60 * report.measured / collect_s if report.measured else None},
+        "latency_ms": {"min": float(min(r.sample().latency_ms for r in ok)),
+                       "max": float(max(r.sample().latency_ms for r in ok))},
+        "measured_ms": measured.tolist(), "predictors": predictors,
+        "command": "python bench/predictor.py " + " ".join(sys.argv[1:]),
+    }
+    path = RESULTS / f"predictor-{device.name}.json"
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(out, indent=2) + "\n"))
+    plot(measured, predictors, path.with_suffix(".png"), device.name)
+    for kind, m in predictors.items():
+        print(f"{kind:10s} MAPE {100 * m['mape']:.2f}%  within 10% {100 * m['within_10pct']:.1f}%  "
+              f"within 5% {100 * m['within_5pct']:.1f}%  RMSE {m['rmse_ms']:.3f} ms  Kendall {m['kendall']:.3f}")
+    cv = out["noise_cv"]
+    print(f"noise CV median {100 * cv['median']:.2f}%  p90 {100 * cv['p90']:.2f}%; wrote {path}")
+
+
+def plot(measured: np.ndarray, predictors: dict, path: Path, device: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    lo, hi = float(measured.min()) * 0.9, float(measured.max()) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="0.9", label="+-10%")
+    for kind, m in predictors.items():
+        ax.scatter(measured, m["predicted_ms"], s=12, label=f"{kind} (MAPE {100 * m['mape']:.1f}%)")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(f"held-out subnets on {device}")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+
+
+if __name__ == "__main__":
+    main()
