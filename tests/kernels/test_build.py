@@ -103,3 +103,18 @@ def test_cuda_code_generates_without_a_gpu(tmp_path: Path, tiny_space: SearchSpa
     modules = list(ex.mod.imports) + [m for host in ex.mod.imports for m in host.imports]
     cuda = [m for m in modules if m.kind == "cuda"]
     assert cuda and "__global__" in cuda[0].inspect_source()  # real CUDA kernels, generated here
+
+
+def test_cross_compiles_for_a_raspberry_pi(tmp_path: Path, tiny_space: SearchSpace, tiny_mc: ModelConfig) -> None:
+    """aarch64 code is generated here and shipped as a tar of objects that the board links itself."""
+    import tarfile
+
+    target = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]}
+    out = Path(build_one(BuildInput(tiny_space.smallest(), tiny_mc, target, source_length_tokens=4, cache_len=4),
+                         str(tmp_path / "pi")))
+    assert json.loads((out / "meta.json").read_text())["library"] == "lib.tar"
+    with tarfile.open(out / "lib.tar") as tar:
+        objects = [m for m in tar.getmembers() if m.name.endswith(".o")]
+        assert objects
+        head = tar.extractfile(objects[0]).read(20)  # type: ignore[union-attr]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
