@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -24,20 +23,11 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 
 from hwnas.io import atomic_write
+from hwnas.latency._devices import cpu_model
 from hwnas.search_spaces import get_space
 from hwnas.supernet import DataSpec, TrainConfig, count_params, evaluate_subnet, load_supernet, train_supernet
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -92,7 +82,7 @@ def main() -> None:
         "command": "python bench/supernet.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k in ("steps", "standalone_steps",
                                                                                   "subnets", "limit") and v),
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads()},
         "space": space.name, "data": str(data), "valid_sentences": len(valid),
         "train": {"steps": result.step, "tokens_per_s": result.tokens_per_s,

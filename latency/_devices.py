@@ -65,7 +65,7 @@ def _version(pkg: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -89,7 +89,7 @@ def local_fingerprint() -> dict[str, Any]:
     import tvm
 
     return {
-        "cpu_model": _cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
+        "cpu_model": cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
         "machine": platform.machine(), "llvm_cpu": str(tvm.target.codegen.llvm_get_system_cpu()),
         "os": platform.platform(), "python": platform.python_version(),
         "tvm": _version("apache-tvm"), "tvm_ffi": _version("apache-tvm-ffi"), "torch": _version("torch"),

@@ -38,6 +38,14 @@ def default_vocab_size(space: str) -> int:
     return 4000 if Path(space).stem == "quickstart" else 32768
 
 
+def _tuning_to_use(dev, space: str, untuned: bool) -> str | None:  # noqa: ANN001 - DeviceProfile
+    """The device's tuning database for this space, if it has one and it applies (TVM runtime)."""
+    tdir = tuning_dir(dev.name, space)
+    if untuned or dev.runtime != "tvm" or not (tdir / "database_tuning_record.json").exists():
+        return None
+    return str(tdir)
+
+
 def tuning_dir(device: str, space: str) -> Path:
     from hwnas.cli import home
 
@@ -88,8 +96,7 @@ def latency_measure(
 
     dev, sp = _device(device), get_space(space)
     cfg = _load_subnet(subnet, sp)
-    tdir = tuning_dir(device, space)
-    use = None if untuned or dev.runtime != "tvm" or not (tdir / "database_tuning_record.json").exists() else str(tdir)
+    use = _tuning_to_use(dev, space, untuned)
     mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
     rec = measure(device=dev, space=sp, model_config=mc, subnets=[cfg], tuning_dir=use)[0]
     if not rec.result.ok:
@@ -194,8 +201,7 @@ def latency_collect(
     from hwnas.supernet import ModelConfig
 
     dev, sp = _device(device), get_space(space)
-    tdir = tuning_dir(device, space)
-    use = None if untuned or dev.runtime != "tvm" or not (tdir / "database_tuning_record.json").exists() else str(tdir)
+    use = _tuning_to_use(dev, space, untuned)
     mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
     report = collect(device=dev, space=sp, model_config=mc, n=n, store=SQLMeasurementStore(_db()), seed=seed,
                      tuning_dir=use, build_workers=workers)
@@ -218,8 +224,7 @@ def latency_train(
     from hwnas.search_spaces import get_space
 
     dev, sp = _device(device), get_space(space)
-    tdir = tuning_dir(device, space)
-    use = None if untuned or dev.runtime != "tvm" or not (tdir / "database_tuning_record.json").exists() else str(tdir)
+    use = _tuning_to_use(dev, space, untuned)
     results = train_predictors(_db(), device=dev, space=sp, kinds=kinds.split(","), tuning_dir=use,
                                test_fraction=test_fraction, constraint_ms=constraint_ms, seed=seed)
     table = Table("predictor", "version", "train/test", "RMSE ms", "MAPE %", "within 5%", "within 10%", "Spearman",
