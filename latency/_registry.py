@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from hwnas.db import Database
+from hwnas.db import Database, DeviceRecord, add_device, get_device, list_devices, remove_device
 from hwnas.db import Device as DeviceRow
 from hwnas.db import Measurement as MeasurementRow
 from hwnas.db import Predictor as PredictorRow
@@ -20,14 +20,14 @@ from hwnas.latency._protocol import MeasureConfig, RunResult
 from hwnas.search_spaces import SubnetConfig
 
 
-def _profile(row: DeviceRow) -> DeviceProfile:
+def _profile(row: DeviceRow | DeviceRecord) -> DeviceProfile:
     return DeviceProfile(name=row.name, kind=row.kind, target=row.target, runtime=row.runtime, location=row.location,
                          tracker=row.tracker, rpc_key=row.rpc_key, fingerprint=row.fingerprint,
                          protocol=MeasureConfig.from_dict(row.protocol))
 
 
 class DeviceRegistry:
-    """Registered devices plus the built-in ones (which get a row the first time they are used)."""
+    """Device profiles: the built-in ones plus those stored by `hwnas.db` (built-ins get a row when first used)."""
 
     def __init__(self, db: Database):
         self.db = db
@@ -35,41 +35,34 @@ class DeviceRegistry:
     def add(self, profile: DeviceProfile) -> DeviceProfile:
         if profile.name in builtin_devices():
             raise DuplicateError(f"device '{profile.name}' is built in; choose another name")
-        with self.db.session() as s:
-            if s.scalar(select(DeviceRow).where(DeviceRow.name == profile.name)) is not None:
-                raise DuplicateError(f"device '{profile.name}' already exists (remove it first)")
-            s.add(self._row(profile))
+        add_device(self.db, name=profile.name, kind=profile.kind, target=profile.target, runtime=profile.runtime,
+                   location=profile.location, tracker=profile.tracker, rpc_key=profile.rpc_key,
+                   fingerprint=profile.fingerprint, protocol=profile.protocol.to_dict())
         return profile
-
-    @staticmethod
-    def _row(p: DeviceProfile) -> DeviceRow:
-        return DeviceRow(name=p.name, kind=p.kind, target=p.target, runtime=p.runtime, location=p.location,
-                         tracker=p.tracker, rpc_key=p.rpc_key, fingerprint=p.fingerprint, protocol=p.protocol.to_dict())
 
     def get(self, name: str) -> DeviceProfile:
         builtin = builtin_devices()
         if name in builtin:
             return builtin[name]
-        with self.db.session() as s:
-            row = s.scalar(select(DeviceRow).where(DeviceRow.name == name))
-            if row is None:
-                known = sorted({*builtin, *s.scalars(select(DeviceRow.name))})
-                raise NotFoundError(f"unknown device '{name}' (known: {', '.join(known)})")
-            return _profile(row)
+        try:
+            return _profile(get_device(self.db, name))
+        except NotFoundError:
+            known = sorted({*builtin, *(d.name for d in list_devices(self.db))})
+            raise NotFoundError(f"unknown device '{name}' (known: {', '.join(known)})") from None
 
     def list(self) -> list[DeviceProfile]:
-        with self.db.session() as s:
-            stored = {r.name: _profile(r) for r in s.scalars(select(DeviceRow).order_by(DeviceRow.name))}
-        return [*builtin_devices().values(), *(p for n, p in stored.items() if n not in builtin_devices())]
+        builtin = builtin_devices()
+        return [*builtin.values(), *(_profile(d) for d in list_devices(self.db) if d.name not in builtin)]
 
     def remove(self, name: str) -> None:
         if name in builtin_devices():
             raise DuplicateError(f"device '{name}' is built in and cannot be removed")
-        with self.db.session() as s:
-            row = s.scalar(select(DeviceRow).where(DeviceRow.name == name))
-            if row is None:
-                raise NotFoundError(f"unknown device '{name}'")
-            s.delete(row)  # its measurements and predictors go with it (ON DELETE CASCADE)
+        remove_device(self.db, name)  # its measurements and predictors go with it (ON DELETE CASCADE)
+
+    @staticmethod
+    def _row(p: DeviceProfile) -> DeviceRow:
+        return DeviceRow(name=p.name, kind=p.kind, target=p.target, runtime=p.runtime, location=p.location,
+                         tracker=p.tracker, rpc_key=p.rpc_key, fingerprint=p.fingerprint, protocol=p.protocol.to_dict())
 
     def row_id(self, profile: DeviceProfile) -> int:
         """The device's row, created (built-ins) or refreshed (fingerprint) as needed."""

@@ -6,15 +6,42 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["Base", "Device", "Measurement", "Predictor", "Supernet", "UTCDateTime"]
 
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC datetime on every backend.
+
+    SQLite stores no offset and hands back naive values, PostgreSQL hands back the session's
+    time zone: normalise both to UTC so that rows compare equal whatever stored them.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given; hwnas stores timezone-aware UTC only")
+        return value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[float]: JSON}
+    type_annotation_map = {dict[str, Any]: JSON, list[float]: JSON, dt.datetime: UTCDateTime}
 
 
 class Device(Base):
@@ -32,7 +59,7 @@ class Device(Base):
     rpc_key: Mapped[str | None] = mapped_column(String(128))
     fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)
     protocol: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     measurements: Mapped[list[Measurement]] = relationship(back_populates="device", cascade="all, delete-orphan",
                                                            passive_deletes=True)
@@ -59,7 +86,7 @@ class Measurement(Base):
     decoder_step_ms: Mapped[list[float] | None] = mapped_column(JSON)
     latency_ms: Mapped[float | None] = mapped_column(Float)  # median end-to-end, derived for queries
     latency_cv: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     device: Mapped[Device] = relationship(back_populates="measurements")
 
@@ -79,7 +106,7 @@ class Predictor(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)
     training_data_key: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Supernet(Base):
@@ -93,4 +120,4 @@ class Supernet(Base):
     path: Mapped[str] = mapped_column(String(1024))
     step: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

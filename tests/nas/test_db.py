@@ -1,73 +1,261 @@
-"""The results database on both backends: migrations, transactions, error translation."""
+"""The results database on both backends (the `db` fixture: SQLite in tmp_path, and PostgreSQL on
+127.0.0.1:5432 in a database made for this test session): migrations, transactions, the device
+registry and error translation."""
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select
+from sqlalchemy import func, inspect, select, text
 
-from hwnas.db import Base, Database, Device, Measurement, resolve_url
-from hwnas.exceptions import StorageError
+from hwnas.db import (
+    Base,
+    Database,
+    Device,
+    DeviceRecord,
+    Measurement,
+    Predictor,
+    add_device,
+    get_device,
+    list_devices,
+    remove_device,
+    resolve_url,
+    upgrade,
+)
+from hwnas.exceptions import DuplicateError, HwnasError, MeasurementError, NotFoundError, StorageError
+
+MODEL_TABLES = {"devices", "measurements", "predictors", "supernets"}
+TARGET = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
+PROTOCOL = {"batch": 1, "source_tokens": 30, "warmup": 5, "runs": 20}
 
 
-def test_migrations_create_the_models_tables_and_are_idempotent(db: Database) -> None:
+def _add(db: Database, name: str = "pi", **overrides: object) -> DeviceRecord:
+    spec: dict[str, object] = dict(name=name, kind="cpu", target=TARGET, runtime="tvm",
+                                   fingerprint={"cpu_model": "AMD EPYC", "cores": 2}, protocol=PROTOCOL)
+    return add_device(db, **{**spec, **overrides})  # type: ignore[arg-type]
+
+
+def _measurement(device_id: int, subnet_key: str = "0123456789abcdef") -> Measurement:
+    return Measurement(device_id=device_id, space="quickstart", subnet_key=subnet_key, subnet={"encoder_layer_num": 3},
+                       protocol=PROTOCOL, protocol_key="p1", tuning_key="", status="ok",
+                       encoder_ms=[1.0, 1.1], decoder_step_ms=[0.2, 0.21], latency_ms=7.3, latency_cv=0.02)
+
+
+# -- migrations ------------------------------------------------------------------------------
+def test_migrations_apply_from_empty_and_are_idempotent(db: Database) -> None:
+    from alembic import command
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from hwnas.db._session import _alembic_config
+
+    cfg = _alembic_config()
+    with db.engine.begin() as conn:  # back to an empty schema...
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    assert not MODEL_TABLES & set(inspect(db.engine).get_table_names())
+    upgrade(db.url)  # ...then up from it, by URL
+    upgrade(db.url)  # a second time: a no-op
+    Database(db.url).close()  # opening runs `upgrade head` too
+    assert MODEL_TABLES <= set(inspect(db.engine).get_table_names())
+    with db.engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    assert current == ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def test_models_and_migration_agree(db: Database) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    tables = set(inspect(db.engine).get_table_names())
-    assert {"devices", "measurements", "predictors", "supernets", "alembic_version"} <= tables
-    with db.engine.connect() as conn:  # the migration and the models agree: nothing left to autogenerate
-        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-    Database(db.url)  # opening again re-runs `upgrade head`: a no-op
+    with db.engine.connect() as conn:  # nothing left for autogenerate to write
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        assert compare_metadata(context, Base.metadata) == []
 
 
-def _device(name: str = "pi") -> Device:
-    return Device(name=name, kind="iot", target={"kind": "llvm"}, runtime="tvm", location="local",
-                  fingerprint={}, protocol={})
+def test_a_database_from_a_newer_hwnas_is_refused(db: Database) -> None:
+    with db.engine.begin() as conn:
+        head = conn.scalar(text("SELECT version_num FROM alembic_version"))
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
+    try:
+        with pytest.raises(StorageError, match="newer hwnas"):
+            Database(db.url)
+    finally:
+        with db.engine.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head})
 
 
+
+def test_migrations_ship_with_the_package() -> None:
+    """A non-editable install must carry the migration scripts: `upgrade` reads them at run time."""
+    import tomllib
+
+    root = Path(__file__).parents[2]
+    setup = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert {"hwnas.db", "hwnas.db.migrations", "hwnas.db.migrations.versions"} <= set(setup["packages"])
+    assert "script.py.mako" in setup["package-data"]["hwnas.db.migrations"]
+    for package in ("migrations", "migrations/versions"):
+        assert (root / "nas/db" / package / "__init__.py").is_file()
+
+
+# -- transactions ----------------------------------------------------------------------------
 def test_a_failed_transaction_writes_nothing(db: Database) -> None:
     with pytest.raises(RuntimeError), db.session() as s:
-        s.add(_device("ghost"))
-        s.flush()
+        s.add(Device(name="ghost", kind="cpu", target=TARGET, runtime="tvm", location="local", fingerprint={},
+                     protocol={}))
+        s.flush()  # reached the database, inside the transaction
         raise RuntimeError("boom")
+    assert list_devices(db) == []
+
+
+def test_unique_measurement_is_a_storage_error_and_the_session_recovers(db: Database) -> None:
+    dev = _add(db)
     with db.session() as s:
-        assert s.scalar(select(Device).where(Device.name == "ghost")) is None
-
-
-def test_constraint_violation_is_a_storage_error_and_the_session_recovers(db: Database) -> None:
+        s.add(_measurement(dev.id))
+    with pytest.raises(StorageError, match="database") as info, db.session() as s:
+        s.add(_measurement(dev.id, subnet_key="fedcba9876543210"))  # new, but rolled back with the duplicate
+        s.flush()
+        s.add(_measurement(dev.id))  # same (device, space, subnet, protocol, tuning): measured once
+    assert "\n" not in str(info.value)
+    with db.session() as s:  # the database is still usable, and holds the first row only
+        assert s.scalar(select(func.count()).select_from(Measurement)) == 1
+        s.add(_measurement(dev.id, subnet_key="fedcba9876543210"))
     with db.session() as s:
-        s.add(_device("dup"))
-    with pytest.raises(StorageError, match="database"), db.session() as s:
-        s.add(_device("dup"))
-    with db.session() as s:  # still usable
-        dev = s.scalar(select(Device).where(Device.name == "dup"))
-        assert dev is not None
-        row = dict(device_id=dev.id, space="s", subnet_key="k", subnet={}, protocol={}, protocol_key="p",
-                   tuning_key="", status="ok")
-        s.add(Measurement(**row))
-    with pytest.raises(StorageError), db.session() as s:
-        s.add(Measurement(**row))  # same identity: measured once
+        assert s.scalar(select(func.count()).select_from(Measurement)) == 2
 
 
-def test_unreachable_database_is_one_clear_error() -> None:
+def test_timestamps_are_utc_aware(db: Database) -> None:
+    before = dt.datetime.now(dt.UTC)
+    dev = _add(db)
+    assert dev.created_at.tzinfo is not None and dev.created_at.utcoffset() == dt.timedelta(0)
+    stored = get_device(db, "pi").created_at  # read back: SQLite keeps no offset, PostgreSQL its session's zone
+    assert stored.utcoffset() == dt.timedelta(0) and stored == dev.created_at
+    assert before - dt.timedelta(seconds=5) <= stored <= dt.datetime.now(dt.UTC)
+    with pytest.raises(StorageError, match="naive datetime"), db.session() as s:
+        s.add(Device(name="naive", kind="cpu", target=TARGET, runtime="tvm", location="local", fingerprint={},
+                     protocol={}, created_at=dt.datetime(2025, 1, 1)))
+
+
+# -- device registry ---------------------------------------------------------------------------
+def test_device_lifecycle(db: Database) -> None:
+    assert list_devices(db) == []
+    pi = _add(db, "rpi4", kind="iot", target={"kind": "llvm", "mtriple": "aarch64-linux-gnu"}, location="rpc",
+              tracker="10.0.0.1:9190", rpc_key="rpi4")
+    cpu = _add(db, "epyc")
+    assert isinstance(pi, DeviceRecord) and not isinstance(pi, Base)  # plain data, no session attached
+    assert (pi.name, pi.kind, pi.location, pi.tracker, pi.rpc_key) == ("rpi4", "iot", "rpc", "10.0.0.1:9190", "rpi4")
+    assert get_device(db, "rpi4") == pi
+    assert get_device(db, "epyc").target == TARGET and get_device(db, "epyc").protocol == PROTOCOL
+    assert [d.name for d in list_devices(db)] == ["epyc", "rpi4"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cpu.name = "other"  # type: ignore[misc]
+
+    with db.session() as s:  # removing a device removes what was measured and trained on it
+        s.add(_measurement(cpu.id))
+        s.add(Predictor(device_id=cpu.id, kind="hat-mlp", version=1, space="quickstart", blob=b"\x00\x01",
+                        metrics={"rmse_ms": 0.1}, fingerprint={}, training_data_key="k"))
+    remove_device(db, "epyc")
+    assert [d.name for d in list_devices(db)] == ["rpi4"]
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Measurement)) == 0
+        assert s.scalar(select(func.count()).select_from(Predictor)) == 0
+
+
+def test_duplicate_and_unknown_devices(db: Database) -> None:
+    _add(db, "pi")
+    _add(db, "jetson", kind="gpu", target={"kind": "cuda", "arch": "sm_87"})
+    with pytest.raises(DuplicateError, match="device 'pi' already exists"):
+        _add(db, "pi", kind="gpu")
+    assert get_device(db, "pi").kind == "cpu"  # the first registration stands
+
+    with pytest.raises(NotFoundError, match=r"unknown device 'nope' \(known: jetson, pi\)") as info:
+        get_device(db, "nope")
+    assert isinstance(info.value, LookupError) and isinstance(info.value, HwnasError)
+    with pytest.raises(NotFoundError, match="unknown device 'nope'"):
+        remove_device(db, "nope")
+    remove_device(db, "pi")
+    remove_device(db, "jetson")
+    with pytest.raises(NotFoundError, match="no devices are registered"):
+        get_device(db, "pi")
+
+
+RPC = {"location": "rpc", "rpc_key": "pi"}
+BAD_DEVICES: dict[str, tuple[dict[str, object], str]] = {
+    "kind": ({"kind": "tpu"}, "kind 'tpu' is not one of cpu, gpu, iot"),
+    "runtime": ({"runtime": "onnx"}, "runtime 'onnx' is not one of tvm, torch"),
+    "location": ({"location": "cloud"}, "location 'cloud' is not one of local, rpc"),
+    "rpc-no-tracker": (RPC, "tracker None is not 'host:port'"),
+    "rpc-tracker-no-port": ({**RPC, "tracker": "10.0.0.1"}, "tracker '10.0.0.1' is not 'host:port'"),
+    "rpc-port-range": ({**RPC, "tracker": "10.0.0.1:99999"}, "tracker '10.0.0.1:99999' is not 'host:port'"),
+    "rpc-no-key": ({"location": "rpc", "tracker": "10.0.0.1:9190"}, "rpc_key is required for location 'rpc'"),
+    "tracker-on-local": ({"tracker": "10.0.0.1:9190"}, "apply to location 'rpc' only"),
+    "target-string": ({"target": "llvm -mcpu=znver4"}, "target must be a JSON object"),
+    "target-no-kind": ({"target": {"mcpu": "znver4"}}, "target needs a 'kind'"),
+    "fingerprint-not-json": ({"fingerprint": {"when": dt.datetime(2025, 1, 1)}}, "fingerprint is not storable as JSON"),
+    "empty-name": ({"name": ""}, "device name '' must be 1 to 128 characters"),
+}
+
+
+@pytest.mark.parametrize(("overrides", "fragment"), BAD_DEVICES.values(), ids=BAD_DEVICES.keys())
+def test_bad_device_definitions_name_the_field(db: Database, overrides: dict[str, object], fragment: str) -> None:
+    with pytest.raises(MeasurementError, match=re.escape(fragment)):
+        _add(db, **overrides)
+    assert list_devices(db) == []
+
+
+# -- URLs and unreachable databases ---------------------------------------------------------------
+def test_unreachable_database_is_one_quick_masked_error() -> None:
     t0 = time.monotonic()
     with pytest.raises(StorageError) as info:
-        Database("postgresql://someone:secret@127.0.0.1:1/nope")
-    assert time.monotonic() - t0 < 15
-    assert "secret" not in str(info.value) and "***" in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(StorageError, match="bad database URL"):
-        Database("not a url")
+        Database("postgresql://someone:s3cret@127.0.0.1:1/nope")
+    assert time.monotonic() - t0 < 10
+    message = str(info.value)
+    assert "s3cret" not in message and "someone:***@127.0.0.1:1/nope" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    pytest.param("not a url", "bad database URL", id="unparsable"),
+    pytest.param("post gres://someone:s3cret@host/db", "bad database URL 'post gres://someone:***@host/db'",
+                 id="unparsable-with-password"),
+    pytest.param("nosuchdb://someone:s3cret@host/db", "unsupported backend 'nosuchdb'", id="unknown-backend"),
+])
+def test_bad_urls_are_storage_errors(url: str, fragment: str) -> None:
+    with pytest.raises(StorageError, match=re.escape(fragment)) as info:
+        Database(url)
+    assert "s3cret" not in str(info.value)
+
+
+def test_unopenable_sqlite_file_is_a_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="is unusable"):
+        Database(f"sqlite:///{tmp_path / 'missing-dir' / 'hwnas.db'}")
 
 
 def test_url_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("HWNAS_HOME", str(tmp_path))
+    home = tmp_path / "home"
+    monkeypatch.setenv("HWNAS_HOME", str(home))
     monkeypatch.delenv("HWNAS_DB_URL", raising=False)
-    assert resolve_url() == f"sqlite:///{tmp_path / 'hwnas.db'}"
-    monkeypatch.setenv("HWNAS_DB_URL", "sqlite:///elsewhere.db")
-    assert resolve_url() == "sqlite:///elsewhere.db"
-    assert resolve_url("postgresql://x@h/db") == "postgresql://x@h/db"
-    assert os.environ["HWNAS_DB_URL"] == "sqlite:///elsewhere.db"
+    assert resolve_url() == f"sqlite:///{home / 'hwnas.db'}"
+    assert home.is_dir()  # created, so the default SQLite file can be opened
+    monkeypatch.setenv("HWNAS_DB_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    assert resolve_url() == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert resolve_url("postgresql://x@h/db") == "postgresql://x@h/db"  # an explicit URL wins
+    with Database() as db:
+        assert db.url == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    assert (tmp_path / "elsewhere.db").is_file() and not (home / "hwnas.db").exists()
+
+
+def test_cli_reports_an_unreachable_database_in_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "HWNAS_HOME": str(tmp_path), "HWNAS_DB_URL": "postgresql://nobody:s3cret@127.0.0.1:1/x"}
+    result = subprocess.run([sys.executable, "-m", "hwnas.cli", "devices", "remove", "pi"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: database postgresql://nobody:***@127.0.0.1:1/x")
+    assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -5,10 +5,23 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from hwnas.db._models import Base
+from hwnas.db._models import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata
+
+
+def render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+    # Migrations spell plain SQLAlchemy types, so they never import the models they migrate from.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+def _configure(connection: object) -> None:
+    # render_as_batch: SQLite cannot ALTER most things; batch mode copies the table instead.
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                      render_item=render_item)
 
 
 def run() -> None:
@@ -17,11 +30,11 @@ def run() -> None:
         engine = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
                                     poolclass=pool.NullPool)
         with engine.connect() as conn:
-            context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
+            _configure(conn)
             with context.begin_transaction():
                 context.run_migrations()
         return
-    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    _configure(connection)
     with context.begin_transaction():
         context.run_migrations()
 
