@@ -23,6 +23,7 @@ import numpy as np
 from hwnas.db import Database
 from hwnas.io import atomic_write
 from hwnas.latency._collect import collect, tuning_key
+from hwnas.latency._devices import protocol_for
 from hwnas.latency._predictor import accuracy, create_predictor
 from hwnas.latency._registry import DeviceRegistry, SQLMeasurementStore
 from hwnas.latency._training import split
@@ -54,7 +55,8 @@ def main() -> None:
     report = collect(device=device, space=space, model_config=mc, n=args.n, store=store, tuning_dir=tdir)
     collect_s = time.perf_counter() - t0
 
-    records = store.records(device=device.name, space=space.name, protocol_key=device.protocol.key(),
+    protocol = protocol_for(device, space)
+    records = store.records(device=device.name, space=space.name, protocol_key=protocol.key(),
                             tuning_key=tuning_key(tdir))
     ok = [r for r in records if r.result.ok]
     cvs = np.array([r.result.latency_cv() for r in ok])
@@ -64,14 +66,14 @@ def main() -> None:
     predictors = {}
     for kind in ("hat-mlp", "layerwise"):
         t1 = time.perf_counter()
-        pred = create_predictor(kind, space, device.protocol.decode_steps).fit([r.sample() for r in train], seed=0)
+        pred = create_predictor(kind, space, protocol.decode_steps).fit([r.sample() for r in train], seed=0)
         fit_s = time.perf_counter() - t1
         predicted = pred.predict([r.subnet for r in test])
         predictors[kind] = {**accuracy(predicted, measured, constraint_ms=constraint), "fit_s": fit_s,
                             "predicted_ms": predicted.tolist()}
     out = {
         "benchmark": "predictor", "device": device.name, "fingerprint": device.fingerprint, "space": space.name,
-        "tuned": tdir is not None, "tuning_key": tuning_key(tdir), "protocol": device.protocol.to_dict(),
+        "tuned": tdir is not None, "tuning_key": tuning_key(tdir), "protocol": protocol.to_dict(),
         "measurements": {"ok": len(ok), "failed": len(records) - len(ok), "train": len(train), "test": len(test)},
         "noise_cv": {"median": float(np.median(cvs)), "p90": float(np.percentile(cvs, 90)),
                      "max": float(cvs.max())},

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hwnas.exceptions import InfeasibleConstraintError, MeasurementError
 from hwnas.kernels import BuildInput, TVMBuilder
-from hwnas.latency._devices import DeviceProfile
+from hwnas.latency._devices import DeviceProfile, protocol_for
 from hwnas.latency._predictor import Sample
 from hwnas.latency._protocol import MeasureConfig, RunResult, median
 from hwnas.latency._runner import RPCRunner, RunInput, Runner, TorchRunner, TVMLocalRunner, check_tracker
@@ -104,7 +104,7 @@ def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
             tuning_dir: str | None = None, work_dir: str | None = None, build_workers: int = 1,
             timeout_s: float = 600.0) -> list[MeasurementRecord]:
     """Build and time `subnets` on `device`; one record per subnet, failures included."""
-    protocol = device.protocol
+    protocol = protocol_for(device, space)
     runner = runner_for(device, timeout_s=timeout_s)
     if isinstance(runner, RPCRunner):
         check_tracker(runner.tracker, runner.key)  # before minutes of building for a board that is not there
@@ -156,7 +156,7 @@ def collect(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     subnets = distinct_subnets(space, n, seed=seed)
-    done = store.measured_keys(device=device.name, space=space.name, protocol_key=device.protocol.key(),
+    done = store.measured_keys(device=device.name, space=space.name, protocol_key=protocol_for(device, space).key(),
                                tuning_key=tuning_key(tuning_dir))
     todo = [c for c in subnets if c.key() not in done]
     measured = failed = 0

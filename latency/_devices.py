@@ -58,6 +58,13 @@ class DeviceProfile:
         return cls(**{**data, "protocol": MeasureConfig.from_dict(data.get("protocol") or {})})
 
 
+def protocol_for(device: DeviceProfile, space: Any) -> MeasureConfig:
+    """The device's protocol with the space's sentence length (HAT: 30 tokens for WMT, 23 for IWSLT),
+    decoding as many steps as the source has tokens."""
+    n = space.source_length_tokens
+    return dataclasses.replace(device.protocol, source_length_tokens=n, decode_steps=n)
+
+
 def _version(pkg: str) -> str | None:
     try:
         return metadata.version(pkg)

@@ -10,7 +10,7 @@ import numpy as np
 from hwnas.db import Database
 from hwnas.exceptions import MeasurementError
 from hwnas.latency._collect import MeasurementRecord, tuning_key
-from hwnas.latency._devices import DeviceProfile
+from hwnas.latency._devices import DeviceProfile, protocol_for
 from hwnas.latency._predictor import accuracy, create_predictor
 from hwnas.latency._registry import SQLMeasurementStore, save_predictor, training_data_key
 from hwnas.search_spaces import SearchSpace
@@ -27,8 +27,9 @@ def train_predictors(db: Database, *, device: DeviceProfile, space: SearchSpace,
                      tuning_dir: str | None, test_fraction: float = 0.2, constraint_ms: float | None = None,
                      seed: int = 0) -> list[dict[str, Any]]:
     """Fit each kind on a seeded split of the device's successful measurements; store and report."""
+    protocol = protocol_for(device, space)
     records = [r for r in SQLMeasurementStore(db).records(device=device.name, space=space.name,
-                                                          protocol_key=device.protocol.key(),
+                                                          protocol_key=protocol.key(),
                                                           tuning_key=tuning_key(tuning_dir)) if r.result.ok]
     if len(records) < 10:
         raise MeasurementError(f"device '{device.name}' has {len(records)} usable measurements of space "
@@ -37,7 +38,7 @@ def train_predictors(db: Database, *, device: DeviceProfile, space: SearchSpace,
     measured = np.array([r.sample().latency_ms for r in test])
     out = []
     for kind in kinds:
-        pred = create_predictor(kind, space, device.protocol.decode_steps).fit([r.sample() for r in train], seed=seed)
+        pred = create_predictor(kind, space, protocol.decode_steps).fit([r.sample() for r in train], seed=seed)
         metrics = accuracy(pred.predict([r.subnet for r in test]), measured, constraint_ms=constraint_ms)
         version = save_predictor(db, device=device, predictor=pred, metrics=metrics, data_key=training_data_key(train))
         out.append({"kind": kind, "version": version, "train": len(train), "test": len(test), "metrics": metrics})

@@ -68,7 +68,7 @@ def kernels_tune(
     mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
     out = tuning_dir(device, space)
     report = tune_space(space=sp, mc=mc, target=dev.target, work_dir=out, trials=trials,
-                        decode_steps=dev.protocol.decode_steps)
+                        decode_steps=sp.source_length_tokens)
     table = Table("task", "calls/sentence", "trials", "best us", "GFLOP/s", "% of peak")
     for t in report.tasks[:20]:
         peak = f"{100 * t.peak_fraction:.0f}" if t.peak_fraction else "-"
@@ -101,7 +101,7 @@ def latency_measure(
     rec = measure(device=dev, space=sp, model_config=mc, subnets=[cfg], tuning_dir=use)[0]
     if not rec.result.ok:
         raise typer.Exit(code=_fail(f"measurement failed: {rec.result.error}"))
-    r, steps = rec.result, dev.protocol.decode_steps
+    r, steps = rec.result, rec.protocol.decode_steps
     from hwnas.latency import median
 
     console.print(f"{dev.name} ({'tuned' if use else 'untuned'}): {r.latency_ms(steps):.3f} ms = encoder "

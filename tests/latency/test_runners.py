@@ -136,3 +136,14 @@ def test_tvm_cuda_library_runs_on_the_gpu(tmp_path: Path, tiny_space: SearchSpac
     assert result.ok, result.error
     torch_result = TorchRunner(device="cuda").run([RunInput(b)], PROTOCOL)[0]
     assert torch_result.ok, torch_result.error
+
+
+def test_protocol_follows_the_space_sentence_length() -> None:
+    from hwnas.latency._devices import local_cpu_profile, protocol_for
+    from hwnas.search_spaces import get_space
+
+    device = local_cpu_profile()
+    iwslt, wmt = protocol_for(device, get_space("iwslt14.de-en")), protocol_for(device, get_space("wmt14.en-de"))
+    assert iwslt.source_length_tokens == iwslt.decode_steps == 23  # HAT: IWSLT's average sentence
+    assert wmt.source_length_tokens == wmt.decode_steps == 30
+    assert iwslt.timed_runs == device.protocol.timed_runs and iwslt.key() != wmt.key()
