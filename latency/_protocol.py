@@ -25,7 +25,7 @@ class MeasureConfig:
     source_length_tokens: int = 30
     decode_steps: int = 30
     warmup_runs: int = 5
-    timed_runs: int = 20
+    timed_runs: int = 100  # bench/noise.py: 20 runs left 30% between-session spread here, 100 left 9%
     number: int = 1
     threads: int | None = None  # pinned thread count; None = every core of the device
     cooldown_ms: int = 0
