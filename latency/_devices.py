@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
 from importlib import metadata
@@ -113,6 +114,7 @@ def local_cpu_profile(*, threads: int | None = None) -> DeviceProfile:
                          fingerprint=local_fingerprint(), protocol=MeasureConfig(threads=threads or cores))
 
 
+@functools.cache  # the fingerprint probes TVM and the OS: once per process is enough
 def builtin_devices() -> dict[str, DeviceProfile]:
     """Profiles that need no registration: this machine's CPU through TVM, and through PyTorch eager."""
     cpu = local_cpu_profile()

@@ -35,10 +35,13 @@ class DeviceRegistry:
     def add(self, profile: DeviceProfile) -> DeviceProfile:
         if profile.name in builtin_devices():
             raise DuplicateError(f"device '{profile.name}' is built in; choose another name")
-        add_device(self.db, name=profile.name, kind=profile.kind, target=profile.target, runtime=profile.runtime,
-                   location=profile.location, tracker=profile.tracker, rpc_key=profile.rpc_key,
-                   fingerprint=profile.fingerprint, protocol=profile.protocol.to_dict())
+        self._store(profile)
         return profile
+
+    def _store(self, p: DeviceProfile) -> DeviceRecord:
+        return add_device(self.db, name=p.name, kind=p.kind, target=p.target, runtime=p.runtime, location=p.location,
+                          tracker=p.tracker, rpc_key=p.rpc_key, fingerprint=p.fingerprint,
+                          protocol=p.protocol.to_dict())
 
     def get(self, name: str) -> DeviceProfile:
         builtin = builtin_devices()
@@ -59,22 +62,16 @@ class DeviceRegistry:
             raise DuplicateError(f"device '{name}' is built in and cannot be removed")
         remove_device(self.db, name)  # its measurements and predictors go with it (ON DELETE CASCADE)
 
-    @staticmethod
-    def _row(p: DeviceProfile) -> DeviceRow:
-        return DeviceRow(name=p.name, kind=p.kind, target=p.target, runtime=p.runtime, location=p.location,
-                         tracker=p.tracker, rpc_key=p.rpc_key, fingerprint=p.fingerprint, protocol=p.protocol.to_dict())
-
     def row_id(self, profile: DeviceProfile) -> int:
-        """The device's row, created (built-ins) or refreshed (fingerprint) as needed."""
-        with self.db.session() as s:
-            row = s.scalar(select(DeviceRow).where(DeviceRow.name == profile.name))
-            if row is None:
-                row = self._row(profile)
-                s.add(row)
-                s.flush()
-            elif row.fingerprint != profile.fingerprint and profile.name in builtin_devices():
-                row.fingerprint = profile.fingerprint
-            return row.id
+        """The device's row id; a built-in gets its row on first use, and its fingerprint kept current."""
+        try:
+            record = get_device(self.db, profile.name)
+        except NotFoundError:
+            return self._store(profile).id
+        if record.fingerprint != profile.fingerprint and profile.name in builtin_devices():
+            with self.db.session() as s:
+                s.get_one(DeviceRow, record.id).fingerprint = profile.fingerprint
+        return record.id
 
     def measurement_counts(self, name: str) -> dict[str, Any]:
         with self.db.session() as s:
@@ -89,9 +86,12 @@ class SQLMeasurementStore(MeasurementStore):
 
     def __init__(self, db: Database):
         self.db, self.devices = db, DeviceRegistry(db)
+        self._device_ids: dict[str, int] = {}  # a collection adds thousands of records for one device
 
     def add(self, record: MeasurementRecord) -> None:
-        device_id = self.devices.row_id(self.devices.get(record.device))
+        if record.device not in self._device_ids:
+            self._device_ids[record.device] = self.devices.row_id(self.devices.get(record.device))
+        device_id = self._device_ids[record.device]
         r, steps = record.result, record.protocol.decode_steps
         with self.db.session() as s:
             s.add(MeasurementRow(

@@ -25,18 +25,23 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The raw checkpoint dict; any unreadable or foreign file is one `CheckpointError`."""
+def _read_tagged(path: str | Path, fmt: str, what: str, kind: str) -> dict[str, Any]:
+    """A torch file holding a dict tagged `format: fmt`; anything else is one `CheckpointError`."""
     p = Path(path)
     if not p.is_file():
-        raise CheckpointError(f"checkpoint '{p}' does not exist")
+        raise CheckpointError(f"{what} '{p}' does not exist")
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint '{p}' is corrupt or not a checkpoint: {str(e).splitlines()[0]}") from e
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint '{p}' is not an hwnas supernet checkpoint ({FORMAT})")
+        raise CheckpointError(f"{what} '{p}' is corrupt or not a {what}: {str(e).splitlines()[0]}") from e
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise CheckpointError(f"{what} '{p}' is not an hwnas {kind} ({fmt})")
     return state
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The raw checkpoint dict; any unreadable or foreign file is one `CheckpointError`."""
+    return _read_tagged(path, FORMAT, "checkpoint", "supernet checkpoint")
 
 
 @dataclasses.dataclass
@@ -73,17 +78,11 @@ def save_subtransformer(path: Path, model: SubTransformer, tokenizer: Tokenizer)
 
 
 def load_subtransformer(path: str | Path) -> tuple[SubTransformer, Tokenizer]:
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"model file '{p}' does not exist")
+    state = _read_tagged(path, SUBNET_FORMAT, "model file", "SubTransformer")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != SUBNET_FORMAT:
-            raise CheckpointError(f"model file '{p}' is not an hwnas SubTransformer ({SUBNET_FORMAT})")
         model = SubTransformer(SubnetConfig.from_dict(state["subnet"]), ModelConfig(**state["model_config"]))
         model.load_state_dict(state["model"])
         return model.eval(), load_tokenizer(state["tokenizer"])
-    except CheckpointError:
-        raise
     except Exception as e:  # boundary: one line about the file
-        raise CheckpointError(f"model file '{p}' is corrupt or not a SubTransformer: {str(e).splitlines()[0]}") from e
+        raise CheckpointError(f"model file '{path}' does not hold a usable SubTransformer: "
+                              f"{str(e).splitlines()[0]}") from e
