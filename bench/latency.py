@@ -45,25 +45,22 @@ def summary(r: RunResult, steps: int) -> dict[str, Any]:
 
 
 def _ort_times(build: Any, protocol: MeasureConfig, threads: int) -> tuple[list[float], list[float]]:
-    import onnxruntime as ort
-    import torch
-
+    from hwnas._export import export_onnx, onnx_session
     from hwnas.kernels._build import subnet_model
-    from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, example_inputs
+    from hwnas.kernels._graphs import example_inputs, input_specs
     from hwnas.latency import time_calls
 
     model = subnet_model(build)
-    enc_in, step_in = example_inputs(model, batch=1, src_len=build.source_length_tokens, cache_len=build.cache_len)
+    shapes = {"src_len": build.source_length_tokens, "cache_len": build.cache_len}
+    enc_in, step_in = example_inputs(model, batch=1, **shapes)
+    specs = input_specs(model.cfg, model.mc, batch=1, **shapes)
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, graph, args in (("enc", EncoderGraph(model), enc_in), ("step", DecoderStepGraph(model), step_in)):
-            path = f"{tmp}/{name}.onnx"
-            names = [f"in{i}" for i in range(len(args))]
-            with torch.no_grad():
-                torch.onnx.export(graph, args, path, dynamo=False, input_names=names)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-            sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        paths = export_onnx(model, Path(tmp), source_length_tokens=build.source_length_tokens,
+                            cache_len=build.cache_len)
+        for name, args in (("encoder", enc_in), ("decoder_step", step_in)):
+            sess = onnx_session(paths[name], threads=threads)
+            names = [n for n, _, _ in specs[name]]
             feed = {n: a.numpy() for n, a in zip(names, args, strict=True)
                     if n in {i.name for i in sess.get_inputs()}}  # ONNX drops inputs it folded away
             out.append(time_calls(lambda s=sess, f=feed: s.run(None, f), warmup=protocol.warmup_runs,

@@ -37,11 +37,11 @@ def default_supernet_dir(space: str, data: str) -> Path:
     return home() / "supernets" / safe
 
 
-def _default_checkpoint() -> Path:
-    """The checkpoint `hwnas supernet train` writes with its defaults."""
+def default_checkpoint(space: str = "quickstart") -> Path:
+    """The checkpoint `hwnas supernet train --space SPACE` writes with its other defaults."""
     from hwnas.supernet import DataSpec
 
-    return default_supernet_dir("quickstart", str(DataSpec.parse("bible:de-en"))) / "checkpoint.pt"
+    return default_supernet_dir(space, str(DataSpec.parse("bible:de-en"))) / "checkpoint.pt"
 
 
 def _load_subnet(spec: str, space: SearchSpace) -> SubnetConfig:
@@ -132,7 +132,7 @@ def supernet_eval(
     """Valid loss and BLEU of a subnet with weights inherited from the supernet."""
     from hwnas.supernet import DataSpec, evaluate_subnet, load_supernet
 
-    ckpt = checkpoint or _default_checkpoint()
+    ckpt = checkpoint or default_checkpoint()
     loaded = load_supernet(ckpt)
     cfg = _load_subnet(subnet, loaded.model.space)
     corpus = DataSpec.parse(loaded.data).load(split)
@@ -158,7 +158,7 @@ def supernet_extract(
     """Write one subnet as a standalone SubTransformer: its own weights, config and tokenizer."""
     from hwnas.supernet import load_supernet, save_subtransformer
 
-    loaded = load_supernet(checkpoint or _default_checkpoint())
+    loaded = load_supernet(checkpoint or default_checkpoint())
     model = loaded.model.extract_subnet(_load_subnet(subnet, loaded.model.space))
     save_subtransformer(out, model, loaded.tokenizer)
     params = sum(p.numel() for p in model.parameters())
@@ -168,10 +168,13 @@ def supernet_extract(
 
 def _register_subcommands() -> None:
     from hwnas._cli_latency import devices_app, kernels_app, latency_app
+    from hwnas._cli_search import export_command, search_app
 
     app.add_typer(devices_app, name="devices")
     app.add_typer(kernels_app, name="kernels")
     app.add_typer(latency_app, name="latency")
+    app.add_typer(search_app, name="search")
+    app.command("export")(export_command)
 
 
 _register_subcommands()

@@ -12,6 +12,8 @@ __all__ = [
     "StorageError",
     "NotFoundError",
     "DuplicateError",
+    "ExportError",
+    "SearchError",
 ]
 
 
@@ -49,3 +51,12 @@ class NotFoundError(HwnasError, LookupError):
 
 class DuplicateError(HwnasError):
     """Something with that name already exists."""
+
+
+class ExportError(HwnasError):
+    """An export bundle cannot be written (its directory is taken, the export failed), or a bundle on disk
+    is unusable (missing or tampered files, a foreign manifest) or is run with inputs it was not built for."""
+
+
+class SearchError(HwnasError):
+    """A search cannot run: its workers cannot start, no predictor exists for the device, or the job is done."""

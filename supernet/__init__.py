@@ -17,7 +17,7 @@ from hwnas.supernet._data import (
 )
 from hwnas.supernet._evaluate import EvalResult, bleu, corpus_loss, evaluate_subnet, translate
 from hwnas.supernet._generate import beam_search, greedy_decode
-from hwnas.supernet._model import EncoderOut, ModelConfig, SubTransformer, count_params
+from hwnas.supernet._model import EncoderOut, ModelConfig, SubTransformer, count_flops, count_params
 from hwnas.supernet._super import SubnetView, SuperTransformer
 from hwnas.supernet._train import TrainConfig, TrainResult, train_supernet
 
@@ -37,6 +37,7 @@ __all__ = [
     "beam_search",
     "bleu",
     "corpus_loss",
+    "count_flops",
     "count_params",
     "evaluate_subnet",
     "greedy_decode",

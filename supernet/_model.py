@@ -208,3 +208,21 @@ def count_params(cfg: SubnetConfig, mc: ModelConfig, *, embeddings: bool = True)
     with torch.device("meta"):
         model = SubTransformer(cfg, mc)
     return sum(p.numel() for n, p in model.named_parameters() if embeddings or n != "embed_tokens.weight")
+
+
+
+def count_flops(cfg: SubnetConfig, mc: ModelConfig, *, source_len: int = 30, target_len: int = 30) -> int:
+    """FLOPs (2 x multiply-adds of every matmul) of one teacher-forced sentence, output projection included.
+
+    Written out rather than traced: tracing costs ~0.2 s a subnet, too slow for thousands of
+    search candidates (a test checks this formula against torch's FlopCounterMode).
+    """
+    S, T, q = source_len, target_len, mc.qkv_dim
+    d, D = cfg.encoder_embed_dim, cfg.decoder_embed_dim
+    macs = sum(4 * S * d * q + 2 * S * S * q + 2 * S * d * f for f in cfg.encoder_ffn_embed_dim)
+    for f, a in zip(cfg.decoder_ffn_embed_dim, cfg.decoder_arbitrary_ende_attn, strict=True):
+        self_attn = 4 * T * D * q + 2 * T * T * q
+        cross_attn = 2 * T * D * q + 2 * a * S * d * q + 2 * T * a * S * q
+        macs += self_attn + cross_attn + 2 * T * D * f
+    macs += T * D * mc.vocab_size
+    return 2 * macs

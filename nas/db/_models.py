@@ -5,12 +5,25 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "Device", "Measurement", "Predictor", "Supernet", "UTCDateTime"]
+__all__ = ["Base", "Candidate", "Device", "Export", "Generation", "Measurement", "ParetoMember", "Predictor",
+           "SearchJob", "Supernet", "UTCDateTime"]
 
 
 def utcnow() -> dt.datetime:
@@ -120,4 +133,96 @@ class Supernet(Base):
     path: Mapped[str] = mapped_column(String(1024))
     step: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+JOB_STATUSES = ("queued", "running", "verifying", "finished", "failed", "cancelled", "interrupted")
+
+
+class SearchJob(Base):
+    """One search: its full spec (the job's identity), where it stands, and how it ended."""
+
+    __tablename__ = "search_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(128), index=True)  # the service's user; None = local CLI
+    space: Mapped[str] = mapped_column(String(128))
+    device: Mapped[str] = mapped_column(String(128))
+    strategy: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    generation: Mapped[int] = mapped_column(Integer, default=0)  # batches finished
+    generations_total: Mapped[int] = mapped_column(Integer)
+    evaluations: Mapped[int] = mapped_column(Integer, default=0)
+    best_loss: Mapped[float | None] = mapped_column(Float)
+    best_subnet_key: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # a 'running' job with a stale beat died
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Generation(Base):
+    """The strategy's state after a finished batch: where a killed search resumes."""
+
+    __tablename__ = "search_generations"
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_generation_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("search_jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)
+    evaluated: Mapped[int] = mapped_column(Integer)  # new evaluations in this batch
+    best_loss: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Candidate(Base):
+    """One evaluated subnet of a job (canonical, so each is evaluated once per job)."""
+
+    __tablename__ = "search_candidates"
+    __table_args__ = (UniqueConstraint("job_id", "subnet_key", name="uq_candidate_subnet"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("search_jobs.id", ondelete="CASCADE"), index=True)
+    subnet_key: Mapped[str] = mapped_column(String(16))
+    subnet: Mapped[dict[str, Any]] = mapped_column(JSON)
+    generation: Mapped[int] = mapped_column(Integer)  # the batch that first evaluated it
+    loss: Mapped[float | None] = mapped_column(Float)  # None = failed (see error)
+    bleu: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    predicted_latency_ms: Mapped[float] = mapped_column(Float)  # on the job's device
+    params: Mapped[int] = mapped_column(BigInteger)
+    flops: Mapped[int] = mapped_column(BigInteger)
+    eval_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ParetoMember(Base):
+    """A member of a job's final front, with its latency measured on the device (the verified figure)."""
+
+    __tablename__ = "pareto_members"
+    __table_args__ = (UniqueConstraint("job_id", "candidate_id", name="uq_pareto_candidate"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("search_jobs.id", ondelete="CASCADE"), index=True)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("search_candidates.id", ondelete="CASCADE"))
+    measurement_id: Mapped[int | None] = mapped_column(ForeignKey("measurements.id", ondelete="SET NULL"))
+    measured_latency_ms: Mapped[float | None] = mapped_column(Float)  # None = the measurement failed
+    meets_constraint: Mapped[bool | None] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Export(Base):
+    """A bundle written for one candidate of a job."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("search_jobs.id", ondelete="CASCADE"), index=True)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("search_candidates.id", ondelete="CASCADE"))
+    format: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

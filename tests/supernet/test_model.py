@@ -130,3 +130,18 @@ def test_subnet_outside_space_is_rejected(supernet: SuperTransformer) -> None:
     cfg = SubnetConfig.from_dict({**supernet.space.largest().to_dict(), "encoder_embed_dim": 32})
     with pytest.raises(SearchSpaceError, match="encoder_embed_dim"):
         supernet.extract_subnet(cfg)
+
+
+def test_count_flops_matches_torch_flop_counter(tiny_space: SearchSpace, tiny_mc: ModelConfig) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hwnas.supernet import SubTransformer, count_flops
+
+    for cfg in _subnets(tiny_space):
+        with torch.device("meta"):
+            model = SubTransformer(cfg, tiny_mc).eval()
+            src, tgt = torch.ones(1, 7, dtype=torch.long), torch.ones(1, 5, dtype=torch.long)
+        with FlopCounterMode(display=False) as counter:
+            model(src, tgt)
+        assert count_flops(cfg, tiny_mc, source_len=7, target_len=5) == counter.get_total_flops()
+    assert count_flops(tiny_space.largest(), tiny_mc) > count_flops(tiny_space.smallest(), tiny_mc)

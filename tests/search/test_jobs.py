@@ -1,0 +1,200 @@
+"""Search jobs end to end on a real tiny supernet: persistence, resume, failure, cancel, verified front."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwnas._export import load_bundle
+from hwnas.db import Database
+from hwnas.exceptions import CheckpointError, InfeasibleConstraintError, NotFoundError, SearchError
+from hwnas.latency._devices import get_device
+from hwnas.latency._predictor import Sample, create_predictor
+from hwnas.latency._registry import save_predictor
+from hwnas.search import (
+    Evaluator,
+    FitnessConfig,
+    LocalEvaluator,
+    Score,
+    SearchSpec,
+    cancel_job,
+    candidates,
+    create_job,
+    export_candidate,
+    front,
+    get_job,
+    pareto_mask,
+    run_job,
+)
+from hwnas.search_spaces import SearchSpace, SubnetConfig
+from hwnas.supernet import DataSpec, TrainConfig, train_supernet
+from tests.latency.test_predictors import stand_in_latency
+
+DEVICE = "local-cpu-torch"  # real measurements without a compile step, so verification fits in a test
+EVO = {"population": 8, "parents": 2, "mutations": 3, "crossovers": 3, "generations": 3}
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory: pytest.TempPathFactory, tiny_space: SearchSpace) -> Path:
+    """Jobs name their space by a shipped name or a JSON file: the tiny test space as a file."""
+    path = tmp_path_factory.mktemp("space") / "tiny.json"
+    path.write_text(json.dumps(tiny_space.to_dict()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_space: SearchSpace, bible_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("supernet")
+    train_supernet(space=tiny_space, data=DataSpec.parse(f"files:{bible_dir}:de-en"), out=out,
+                   config=TrainConfig(steps=6, max_tokens=300, vocab_size=300, warmup_steps=2), progress=False)
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture()
+def budget_ms(db: Database, tiny_space: SearchSpace) -> float:
+    """Stores a layerwise predictor fitted to stand-in timings (test data, named so) for DEVICE; returns a budget
+    that about half of the space meets."""
+    rng = np.random.default_rng(0)
+    steps = tiny_space.source_length_tokens
+    subnets = [tiny_space.sample(rng) for _ in range(40)]
+    stand_in_samples = [Sample(c, *stand_in_latency(c), steps) for c in subnets]
+    pred = create_predictor("layerwise", tiny_space, steps).fit(stand_in_samples)
+    save_predictor(db, device=get_device(DEVICE), predictor=pred, metrics={}, data_key="stand-in")
+    return float(np.median(pred.predict(subnets)))
+
+
+@pytest.fixture()
+def spec(space_file: Path, checkpoint: Path, budget_ms: float) -> Callable[..., SearchSpec]:
+    def make(**changes: object) -> SearchSpec:
+        base = SearchSpec(space=str(space_file), device=DEVICE, latency_ms=budget_ms, supernet=str(checkpoint),
+                          options=dict(EVO), fitness=FitnessConfig(valid_sentences=8), verify=False, workers=1)
+        return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+    return make
+
+
+class CountingEvaluator(Evaluator):
+    """Wraps the real evaluator; counts calls and can stop (like a kill) or cancel after `stop_after` results."""
+
+    def __init__(self, inner: Evaluator, *, stop_after: int | None = None, action: str = "interrupt",
+                 db: Database | None = None, job_id: int | None = None):
+        self.inner, self.stop_after, self.action, self.db, self.job_id = inner, stop_after, action, db, job_id
+        self.scored: list[str] = []
+
+    def evaluate(self, subnets: Sequence[SubnetConfig], on_result=None) -> list[Score]:  # noqa: ANN001
+        out = []
+        for i, cfg in enumerate(subnets):
+            if self.stop_after is not None and len(self.scored) == self.stop_after:
+                if self.action == "interrupt":
+                    raise KeyboardInterrupt
+                if self.action == "fail":
+                    raise RuntimeError("worker pool lost")
+                cancel_job(self.db, self.job_id)  # type: ignore[arg-type]
+            score = self.inner.evaluate([cfg])[0]
+            self.scored.append(cfg.key())
+            out.append(score)
+            if on_result is not None:
+                on_result(i, score)
+        return out
+
+
+@pytest.fixture(scope="module")
+def local(checkpoint: Path) -> LocalEvaluator:
+    return LocalEvaluator(checkpoint, FitnessConfig(valid_sentences=8), threads=1)
+
+
+def test_job_runs_to_a_stored_front(db: Database, spec: Callable[..., SearchSpec],
+        local: LocalEvaluator, budget_ms: float) -> None:
+    job_id = create_job(db, spec())
+    info = run_job(db, job_id, evaluator=local, progress=False)
+    assert info.status == "finished" and info.generation == info.generations_total == 3
+    rows = candidates(db, job_id)
+    assert len(rows) == info.evaluations == len({r.subnet for r in rows})  # each subnet evaluated once
+    assert all(r.predicted_latency_ms <= budget_ms for r in rows)
+    assert info.best_loss == min(r.loss for r in rows if r.loss is not None)
+    members = front(db, job_id)
+    assert members and info.spec.predictor_kind == "layerwise" and info.spec.predictor_version == 1
+    pts = np.array([[r.loss, r.predicted_latency_ms, r.params, r.flops] for r in rows])
+    on_front = {r.id for r, keep in zip(rows, pareto_mask(pts), strict=True) if keep}
+    assert {m.candidate.id for m in members} == on_front
+    assert min(r.loss for r in rows) in {m.candidate.loss for m in members}
+
+
+def test_killed_job_resumes_to_the_same_result(db: Database, spec: Callable[..., SearchSpec],
+        local: LocalEvaluator, budget_ms: float) -> None:
+    full = run_job(db, create_job(db, spec()), evaluator=local, progress=False)
+    reference = {r.subnet.key(): r.loss for r in candidates(db, full.id)}
+
+    job_id = create_job(db, spec())
+    first = CountingEvaluator(local, stop_after=11)  # mid-way through the second generation
+    with pytest.raises(KeyboardInterrupt):
+        run_job(db, job_id, evaluator=first, progress=False)
+    cut = get_job(db, job_id)
+    assert cut.status == "interrupted" and cut.generation == 1
+    assert len(candidates(db, job_id)) == 11  # the cut generation's finished evaluations were kept
+
+    second = CountingEvaluator(local)
+    resumed = run_job(db, job_id, evaluator=second, progress=False)
+    assert resumed.status == "finished"
+    assert not set(first.scored) & set(second.scored)  # nothing evaluated twice
+    assert len(first.scored) + len(second.scored) == full.evaluations  # nothing lost
+    assert {r.subnet.key(): r.loss for r in candidates(db, job_id)} == reference
+    assert (resumed.best_subnet_key, resumed.best_loss) == (full.best_subnet_key, full.best_loss)
+
+
+def test_failure_and_cancel_never_leave_a_job_running(db: Database, spec: Callable[..., SearchSpec],
+        local: LocalEvaluator, budget_ms: float) -> None:
+    job_id = create_job(db, spec())
+    with pytest.raises(RuntimeError):
+        run_job(db, job_id, evaluator=CountingEvaluator(local, stop_after=3, action="fail"), progress=False)
+    failed = get_job(db, job_id)
+    assert failed.status == "failed" and "worker pool lost" in (failed.error or "")
+
+    job_id = create_job(db, spec())
+    stopper = CountingEvaluator(local, stop_after=2, action="cancel", db=db, job_id=job_id)
+    assert run_job(db, job_id, evaluator=stopper, progress=False).status == "cancelled"
+    assert len(stopper.scored) == 3  # stopped at the candidate after the cancel, not at the end of the search
+    with pytest.raises(SearchError, match="is cancelled"):
+        run_job(db, job_id, evaluator=local, progress=False)
+
+
+def test_bad_specs_are_refused_at_submission(db: Database, spec: Callable[..., SearchSpec], tmp_path: Path) -> None:
+    with pytest.raises(InfeasibleConstraintError, match=r"fastest found is predicted at .* ms \(subnet "):
+        create_job(db, spec(latency_ms=1e-4))
+    with pytest.raises(NotFoundError, match="unknown device 'nope'"):
+        create_job(db, spec(device="nope"))
+    with pytest.raises(NotFoundError, match="no latency predictor for device 'local-cpu'"):
+        create_job(db, spec(device="local-cpu"))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        create_job(db, spec(supernet=str(tmp_path / "missing.pt")))
+    with pytest.raises(ValueError, match="Unknown strategy"):
+        create_job(db, spec(strategy="annealing"))
+    assert not _jobs(db)  # nothing half-created
+
+
+def _jobs(db: Database) -> list[object]:
+    from hwnas.search import list_jobs
+
+    return list_jobs(db)
+
+
+def test_front_is_measured_then_exported(db: Database, spec: Callable[..., SearchSpec],
+        local: LocalEvaluator, budget_ms: float, tmp_path: Path) -> None:
+    job_id = create_job(db, spec(verify=True))
+    assert run_job(db, job_id, evaluator=local, progress=False).status == "finished"
+    members = front(db, job_id)
+    assert members
+    for m in members:
+        assert m.error is None and m.measured_latency_ms is not None and m.measured_latency_ms > 0
+        assert m.meets_constraint == (m.measured_latency_ms <= budget_ms)  # flagged, never silently returned
+    best = min(members, key=lambda m: m.candidate.loss or 0.0)
+    bundle = load_bundle(export_candidate(db, job_id, best.candidate.id, fmt="onnx", out_dir=tmp_path / "b"))
+    assert bundle.subnet == best.candidate.subnet and bundle.certificate is not None
+    assert bundle.certificate.device == DEVICE
+    assert bundle.certificate.latency_ms == pytest.approx(best.measured_latency_ms)  # the front's measurement
+    with pytest.raises(NotFoundError, match="has no candidate 99999"):
+        export_candidate(db, job_id, 99999, fmt="onnx", out_dir=tmp_path / "c")
