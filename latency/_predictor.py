@@ -203,11 +203,16 @@ class LayerwisePredictor(LatencyPredictor):
         return x
 
     def _solve(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        # relative least squares: weight each sample by 1/y so the fit minimizes percentage error
+        # Relative least squares (each sample weighted by 1/y, so the fit minimizes percentage error) with
+        # costs held non-negative: a kernel cannot take negative time, and unconstrained fits on few or
+        # noisy samples did predict negative latencies (which then "met" any budget).
+        from scipy.optimize import nnls
+
         w = 1.0 / np.maximum(y, 1e-9)
         xw, yw = x * w[:, None], y * w
-        a = xw.T @ xw + self.ridge * np.eye(x.shape[1])
-        return np.linalg.solve(a, xw.T @ yw)
+        a = np.vstack([xw, np.sqrt(self.ridge) * np.eye(x.shape[1])])
+        b = np.concatenate([yw, np.zeros(x.shape[1])])
+        return nnls(a, b, maxiter=50 * x.shape[1])[0]
 
     def fit(self, samples: Sequence[Sample], *, seed: int = 0) -> LayerwisePredictor:
         out = LayerwisePredictor(self.space, self.decode_steps, ridge=self.ridge)

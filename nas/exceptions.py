@@ -58,5 +58,5 @@ class ExportError(HwnasError):
     is unusable (missing or tampered files, a foreign manifest) or is run with inputs it was not built for."""
 
 
-class SearchError(HwnasError):
-    """A search cannot run: its workers cannot start, no predictor exists for the device, or the job is done."""
+class SearchError(HwnasError, ValueError):
+    """A search cannot run: a bad spec (strategy, options, budget), workers that cannot start, or a finished job."""

@@ -38,9 +38,9 @@ class FitnessConfig:
 
     def __post_init__(self) -> None:
         if self.metric not in ("loss", "bleu"):
-            raise ValueError(f"fitness metric must be 'loss' or 'bleu', got {self.metric!r}")
+            raise SearchError(f"fitness metric must be 'loss' or 'bleu', got {self.metric!r}")
         if (self.valid_sentences is not None and self.valid_sentences < 1) or self.max_tokens < 16 or self.beam < 1:
-            raise ValueError("valid_sentences >= 1 (or None), max_tokens >= 16 and beam >= 1 are required")
+            raise SearchError("fitness needs valid_sentences >= 1 (or None), max_tokens >= 16 and beam >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

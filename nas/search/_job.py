@@ -54,9 +54,9 @@ class SearchSpec:
     def __post_init__(self) -> None:
         for dev, ms in ((self.device, self.latency_ms), *self.extra_constraints):
             if not (isinstance(ms, int | float) and math.isfinite(ms) and ms > 0):
-                raise ValueError(f"latency budget on '{dev}' must be a positive number of ms, got {ms}")
+                raise SearchError(f"latency budget on '{dev}' must be a positive number of ms, got {ms}")
         if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+            raise SearchError(f"workers must be >= 0, got {self.workers}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -150,8 +150,11 @@ def create_job(db: Database, spec: SearchSpec, *, owner: str | None = None) -> i
         raise SearchError(f"supernet '{spec.supernet}' was trained on space '{ckpt['space']['name']}', "
                           f"not '{space.name}'")
     problem = Problem(space, _constraints(db, spec))
+    try:
+        strategy = create_strategy(spec.strategy, problem, seed=spec.seed, **spec.options)
+    except ValueError as e:  # unknown strategy or options: the spec's fault, told as one line
+        raise SearchError(str(e)) from e
     _check_budget(problem)
-    strategy = create_strategy(spec.strategy, problem, seed=spec.seed, **spec.options)
     with db.session() as s:
         job = SearchJob(owner=owner, space=space.name, device=spec.device, strategy=spec.strategy,
                         spec=spec.to_dict(), status="queued", generations_total=strategy.progress[1])

@@ -85,6 +85,17 @@ def test_layerwise_beats_hat_features_on_heterogeneous_layers(tiny_space: Search
     assert ours["within_10pct"] >= 0.99 and ours["mape"] < 0.03
 
 
+def test_layerwise_costs_stay_non_negative_on_few_noisy_samples(tiny_space: SearchSpace) -> None:
+    """11 samples, timings off by up to 3x (a loaded machine), ~30 costs: the unconstrained least-squares fit
+    predicted negative decoder steps on this seed, and negative latencies "meet" any budget."""
+    rng = np.random.default_rng(2)
+    noisy = [Sample(s.subnet, s.encoder_ms * rng.uniform(0.3, 3), s.decoder_step_ms * rng.uniform(0.3, 3), STEPS)
+             for s in samples(tiny_space, 11, seed=2)]
+    pred = LayerwisePredictor(tiny_space, STEPS).fit(noisy)
+    enc, dec = pred.predict_parts([tiny_space.sample(rng) for _ in range(500)])
+    assert (enc >= 0).all() and (dec >= 0).all()
+
+
 def test_accuracy_report() -> None:
     measured = np.array([100.0, 200.0, 300.0, 400.0])
     predicted = np.array([104.0, 180.0, 300.0, 410.0])

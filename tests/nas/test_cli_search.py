@@ -68,7 +68,7 @@ def test_search_run_show_and_list(setup: tuple[Path, Path, Path, float]) -> None
 def test_bad_search_input(setup: tuple[Path, Path, Path, float], args: list[str], fragment: str) -> None:
     home, space, ckpt, budget = setup
     base = {"--space": str(space), "--device": "local-cpu-torch", "--latency-ms": f"{budget}",
-            "--supernet": str(ckpt)}
+            "--supernet": str(ckpt), "--population": "4", "--generations": "1"}  # small, should a check slip
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     assert_clean_error(hwnas("search", "run", *[x for kv in base.items() for x in kv], home=home), fragment)
     assert "running" not in hwnas("search", "list", home=home).stdout  # no job left stuck
