@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from hwnas.db import Database
 from hwnas.db._models import Candidate, Generation, Measurement, ParetoMember, SearchJob
@@ -350,6 +350,8 @@ def _stored_scores(db: Database, job_id: int, batch: Sequence[SubnetConfig]) -> 
 def _commit_generation(db: Database, job_id: int, index: int, strategy: Strategy, *, new: int) -> None:
     best = strategy.best()
     with db.session() as s:
+        # only the newest state is needed to resume; older ones (MBs for Optuna's trial lists) are dropped
+        s.execute(update(Generation).where(Generation.job_id == job_id, Generation.index < index).values(state={}))
         s.add(Generation(job_id=job_id, index=index, state=strategy.state_dict(), evaluated=new,
                          best_loss=best[1].fitness() if best else None))
         job = s.get_one(SearchJob, job_id)
@@ -426,19 +428,10 @@ def _store_front(db: Database, job_id: int, spec: SearchSpec, measured: dict[str
 
 
 def strategy_options(strategy: str, *, population: int | None = None, generations: int | None = None) -> dict[str, Any]:
-    """Strategy options from the CLI's two knobs: evo scales HAT's 25/50/50-of-125 split to `population`."""
+    """The CLI's two size knobs in every strategy's vocabulary (evo: population / generations, split as HAT)."""
     opts: dict[str, Any] = {}
-    if strategy == "evo":
-        if population is not None:
-            parents = max(2, population // 5)
-            mutations = (population - parents) // 2
-            opts.update(population=population, parents=parents, mutations=mutations,
-                        crossovers=population - parents - mutations)
-        if generations is not None:
-            opts["generations"] = generations
-    else:
-        if population is not None:
-            opts["batch_size"] = population
-        if generations is not None:
-            opts["batches"] = generations
+    if population is not None:
+        opts["batch_size"] = population
+    if generations is not None:
+        opts["batches"] = generations
     return opts
