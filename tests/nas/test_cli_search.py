@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +58,45 @@ def test_search_run_show_and_list(setup: tuple[Path, Path, Path, float]) -> None
     assert rows, shown.stdout
     listed = hwnas("search", "list", home=home)
     assert re.search(rf"{job}\s+│\s+finished", listed.stdout), listed.stdout
+    candidate = rows[0].split("│")[0].strip() or rows[0].split("│")[1].strip()
+    exported = hwnas("export", str(job), "--candidate", candidate, "--format", "onnx", "--out", str(home / "b"),
+                     home=home)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads((home / "b" / "certificate.json").read_text())["device"] == "local-cpu-torch"
+    assert_clean_error(hwnas("export", str(job), "--candidate", "99999", home=home), "has no candidate 99999")
+
+
+def _job_result(home: Path, job: int) -> tuple[str, dict[str, float | None]]:
+    from hwnas.db import Database
+    from hwnas.search import candidates, get_job
+
+    db = Database(f"sqlite:///{home / 'hwnas.db'}")
+    return get_job(db, job).status, {c.subnet.key(): c.loss for c in candidates(db, job)}
+
+
+def test_killed_search_resumes_to_the_same_result(setup: tuple[Path, Path, Path, float]) -> None:
+    """SIGKILL (the process group: the driver and its local Ray) mid-way through generation 2, then resume."""
+    home, space, ckpt, budget = setup
+    args = ["search", "run", "--space", str(space), *DEVICE, "--latency-ms", f"{budget:.4f}", "--supernet", str(ckpt),
+            "--population", "10", "--generations", "3", "--valid-sentences", "8", "--no-verify", "--seed", "3"]
+    full = hwnas(*args, home=home)
+    assert full.returncode == 0, full.stderr
+    reference = _job_result(home, int(re.search(r"search job (\d+):", full.stdout).group(1)))  # type: ignore[union-attr]
+
+    env = {**os.environ, "HWNAS_HOME": str(home), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "hwnas.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    job = int(re.search(r"search job (\d+):", proc.stdout.readline()).group(1))  # type: ignore[union-attr, arg-type]
+    deadline = time.monotonic() + 240
+    while len(_job_result(home, job)[1]) < 12 and time.monotonic() < deadline:  # 10 in gen 1, then into gen 2
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    status, cut = _job_result(home, job)
+    assert status == "running" and 12 <= len(cut) < len(reference[1])  # killed: nothing could mark it
+    resumed = hwnas("search", "resume", str(job), home=home)
+    assert resumed.returncode == 0, resumed.stderr
+    assert _job_result(home, job) == reference
 
 
 @pytest.mark.parametrize(
