@@ -134,13 +134,14 @@ def _show(db, job_id: int, plot: Path | None) -> None:  # noqa: ANN001 - hwnas.d
     members = front(db, job_id)
     if not members:
         return
-    table = Table("candidate", "subnet", "valid loss", "BLEU" if spec.fitness.metric == "bleu" else "",
-                  "predicted ms", "measured ms", "meets budget", "params M", "GFLOPs")
+    with_bleu = spec.fitness.metric == "bleu"
+    table = Table("candidate", "subnet", "valid loss", *(["BLEU"] if with_bleu else []), "predicted ms",
+                  "measured ms", "meets budget", "params M", "GFLOPs")
     for m in members:
         c = m.candidate
         meets = "-" if m.meets_constraint is None else ("yes" if m.meets_constraint else "[red]NO[/red]")
-        table.add_row(str(c.id), c.subnet.key(), f"{c.loss:.4f}", "" if c.bleu is None else f"{c.bleu:.2f}",
-                      f"{c.predicted_latency_ms:.2f}",
+        bleu = ["-" if c.bleu is None else f"{c.bleu:.2f}"] if with_bleu else []
+        table.add_row(str(c.id), c.subnet.key(), f"{c.loss:.4f}", *bleu, f"{c.predicted_latency_ms:.2f}",
                       "-" if m.measured_latency_ms is None else f"{m.measured_latency_ms:.2f}", meets,
                       f"{c.params / 1e6:.2f}", f"{c.flops / 1e9:.3f}")
     console.print(table)

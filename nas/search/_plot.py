@@ -22,8 +22,9 @@ def plot_front(path: Path, *, title: str, rows: Sequence[CandidateRow], members:
     ax.scatter([r.predicted_latency_ms for r in ok], [r.loss for r in ok], s=8, c="0.75",
                label="candidates (predicted)")
     front = sorted(members, key=lambda m: m.candidate.predicted_latency_ms)
-    ax.plot([m.candidate.predicted_latency_ms for m in front], [m.candidate.loss for m in front], "o-", c="tab:blue",
-            ms=4, label="Pareto front (predicted)")
+    # markers, no line: the front is over (loss, latency, params, FLOPs), so in this 2-D view it is no staircase
+    ax.plot([m.candidate.predicted_latency_ms for m in front], [m.candidate.loss for m in front], "o", c="tab:blue",
+            ms=4, label="front members (predicted)")
     measured = [m for m in front if m.measured_latency_ms is not None]
     if measured:
         ax.scatter([m.measured_latency_ms for m in measured], [m.candidate.loss for m in measured], marker="x",
