@@ -9,16 +9,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hwnas._cli_latency import _db, _device  # one database and device lookup for every command
+
 search_app = typer.Typer(no_args_is_help=True, help="Latency-constrained search jobs (HAT evolution, NSGA-II, TPE).")
 console = Console()
 
 JobArg = Annotated[int, typer.Argument(help="Search job id")]
-
-
-def _db():  # noqa: ANN202 - hwnas.db.Database, imported lazily
-    from hwnas.db import Database
-
-    return Database()
 
 
 def default_plot_path(job_id: int) -> Path:
@@ -66,12 +62,6 @@ def search_run(
     console.print(f"search job {job_id}: {strategy} on {device} under {latency_ms:g} ms")
     run_job(db, job_id, address=address)
     _show(db, job_id, None)
-
-
-def _device(name: str):  # noqa: ANN202
-    from hwnas._cli_latency import _device as get
-
-    return get(name)
 
 
 def _parse_also(text: str) -> tuple[str, float]:
