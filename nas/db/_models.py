@@ -22,8 +22,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["Base", "Candidate", "Device", "Export", "Generation", "Measurement", "ParetoMember", "Predictor",
-           "SearchJob", "Supernet", "UTCDateTime"]
+__all__ = ["ApiToken", "Base", "Candidate", "Device", "Export", "Generation", "Measurement", "ParetoMember",
+           "Predictor", "SearchJob", "Supernet", "UTCDateTime", "User"]
 
 
 def utcnow() -> dt.datetime:
@@ -161,6 +161,10 @@ class SearchJob(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # a 'running' job with a stale beat died
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # One runner at a time: the runner's "host:pid" and until when it holds the job (renewed by its heartbeats).
+    lease_owner: Mapped[str | None] = mapped_column(String(256))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # runs started (resumes count)
 
 
 class Generation(Base):
@@ -226,3 +230,36 @@ class Export(Base):
     format: Mapped[str] = mapped_column(String(16))
     path: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The service writes exports on Ray: 'pending' until the bundle (and its .zip) exist, or 'failed' with why.
+    status: Mapped[str] = mapped_column(String(16), default="ready", server_default="ready")
+    error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class User(Base):
+    """A user of the service; owns the search jobs submitted with their tokens."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan",
+                                                  passive_deletes=True)
+
+
+class ApiToken(Base):
+    """A bearer token, stored as its SHA-256 only (tokens are 256 random bits: no salt or KDF needed)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship(back_populates="tokens")

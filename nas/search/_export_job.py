@@ -13,11 +13,13 @@ from hwnas.search._job import get_job
 from hwnas.search_spaces import SubnetConfig, get_space
 
 
-def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, out_dir: str | Path) -> Path:
+def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, out_dir: str | Path,
+                     record: bool = True) -> Path:
     """Extract the candidate from the job's supernet, certify its latency on the job's device, write the bundle.
 
     The certificate is the stored measurement under the job's protocol and tuning database (the front's
     verification measured it); a candidate never measured is measured now, and the record kept.
+    `record=False` leaves the `exports` row to the caller (the service keeps its own).
     """
     from hwnas._export import LatencyCertificate, export_bundle
     from hwnas.latency._collect import measure, tuning_key
@@ -47,6 +49,8 @@ def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, 
     path = export_bundle(model=supernet.model.extract_subnet(subnet).eval(), tokenizer=supernet.tokenizer,
                          out_dir=out_dir, fmt=fmt, certificate=certificate,  # type: ignore[arg-type]
                          target=device.target if tvm else None, tuning_dir=spec.tuning_dir if tvm else None)
+    if not record:
+        return Path(path)
     with db.session() as s:
         s.add(Export(job_id=job_id, candidate_id=candidate_id, format=fmt, path=str(Path(path).resolve())))
     return Path(path)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,8 @@ from hwnas.search._pareto import pareto_mask
 from hwnas.search_spaces import SearchSpace, SubnetConfig, get_space
 
 RESUMABLE = ("queued", "interrupted", "failed", "running", "verifying")
+ACTIVE = ("queued", "running", "verifying")  # a runner is (or should be) on it
+LEASE_TTL_S = 120.0  # a runner that has not renewed its lease for this long is presumed dead
 OBJECTIVES = ("loss", "predicted_latency_ms", "params", "flops")  # the front's axes, all minimised
 
 
@@ -106,6 +110,10 @@ class JobInfo:
     best_subnet_key: str | None
     created_at: dt.datetime
     finished_at: dt.datetime | None
+    started_at: dt.datetime | None = None
+    heartbeat_at: dt.datetime | None = None
+    attempts: int = 0
+    lease_owner: str | None = None
 
 
 def _now() -> dt.datetime:
@@ -114,7 +122,8 @@ def _now() -> dt.datetime:
 
 def _info(j: SearchJob) -> JobInfo:
     return JobInfo(j.id, j.owner, SearchSpec.from_dict(j.spec), j.status, j.error, j.generation, j.generations_total,
-                   j.evaluations, j.best_loss, j.best_subnet_key, j.created_at, j.finished_at)
+                   j.evaluations, j.best_loss, j.best_subnet_key, j.created_at, j.finished_at, j.started_at,
+                   j.heartbeat_at, j.attempts, j.lease_owner)
 
 
 # ----------------------------------------------------------------------------------------------- jobs in the db
@@ -242,6 +251,78 @@ class JobCancelled(SearchError):
     """The job was cancelled while it ran."""
 
 
+class JobBusyError(SearchError):
+    """Another live runner holds the job's lease."""
+
+
+# ------------------------------------------------------------------------------------------------- leases
+# One runner per job: a runner claims the row's lease by compare-and-swap, renews it with every heartbeat and
+# drops it when it stops. A lease is free when it expired, or when its holder is a dead process on this host
+# (a SIGKILLed CLI or Ray worker is taken over at once, not after the TTL).
+
+def lease_ttl_s() -> float:
+    return float(os.environ.get("HWNAS_LEASE_TTL_S") or LEASE_TTL_S)
+
+
+def runner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def lease_free(owner: str | None, expires_at: dt.datetime | None, now: dt.datetime | None = None) -> bool:
+    """Whether a lease held by `owner` until `expires_at` can be taken over."""
+    if owner is None or expires_at is None or expires_at < (now or _now()):
+        return True
+    host, _, pid = owner.rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+
+
+def _claim(db: Database, job_id: int) -> None:
+    me = runner_id()
+    with db.session() as s:
+        job = s.get_one(SearchJob, job_id)
+        owner, expires = job.lease_owner, job.lease_expires_at
+    if owner not in (None, me) and not lease_free(owner, expires):
+        raise JobBusyError(f"search job {job_id} is being run by {owner} (lease until {expires:%H:%M:%S} UTC)")
+    held = SearchJob.lease_owner.is_(None) if owner is None else SearchJob.lease_owner == owner
+    with db.session() as s:  # compare-and-swap: of two runners claiming together, one updates the row
+        claimed = s.execute(update(SearchJob).where(SearchJob.id == job_id, held)
+                            .values(lease_owner=me, lease_expires_at=_now() + dt.timedelta(seconds=lease_ttl_s()),
+                                    attempts=SearchJob.attempts + 1)).rowcount
+    if claimed != 1:
+        raise JobBusyError(f"search job {job_id} was claimed by another runner")
+
+
+def _renew(job: SearchJob) -> None:
+    """Heartbeat on a job row loaded in a session: renew our lease; stop if it was taken over or cancelled."""
+    if job.lease_owner != runner_id():
+        raise JobBusyError(f"search job {job.id}: lease lost to {job.lease_owner}; stopping")
+    job.heartbeat_at = _now()
+    job.lease_expires_at = job.heartbeat_at + dt.timedelta(seconds=lease_ttl_s())
+    if job.status == "cancelled":
+        raise JobCancelled(f"search job {job.id} was cancelled")
+
+
+def _heartbeat(db: Database, job_id: int) -> None:
+    with db.session() as s:
+        _renew(s.get_one(SearchJob, job_id))
+
+
+def _release(db: Database, job_id: int) -> None:
+    with db.session() as s:
+        s.execute(update(SearchJob).where(SearchJob.id == job_id, SearchJob.lease_owner == runner_id())
+                  .values(lease_owner=None, lease_expires_at=None))
+
+
 def run_job(db: Database, job_id: int, *, evaluator: Evaluator | None = None, address: str | None = None,
             progress: bool = True) -> JobInfo:
     """Run (or resume) job `job_id` to the end: search, then measure the front on the device.
@@ -253,6 +334,7 @@ def run_job(db: Database, job_id: int, *, evaluator: Evaluator | None = None, ad
     if info.status not in RESUMABLE:
         raise SearchError(f"search job {job_id} is {info.status}; only unfinished jobs can run")
     spec = info.spec
+    _claim(db, job_id)
     _set(db, job_id, status="running", error=None, started_at=_now(), heartbeat_at=_now(), finished_at=None)
     own_evaluator = evaluator is None
     try:
@@ -267,6 +349,8 @@ def run_job(db: Database, job_id: int, *, evaluator: Evaluator | None = None, ad
         _set(db, job_id, status="finished", finished_at=_now())
     except JobCancelled:
         pass
+    except JobBusyError:  # another runner owns the job now: its row is theirs to write
+        raise
     except KeyboardInterrupt:
         _set(db, job_id, status="interrupted", error="interrupted; run it again to resume")
         raise
@@ -277,6 +361,7 @@ def run_job(db: Database, job_id: int, *, evaluator: Evaluator | None = None, ad
     finally:
         if own_evaluator and evaluator is not None:
             evaluator.close()
+        _release(db, job_id)
     return get_job(db, job_id)
 
 
@@ -321,10 +406,7 @@ def _search(db: Database, job_id: int, spec: SearchSpec, evaluator: Evaluator, p
                                     predicted_latency_ms=float(lat[i]), params=count_params(cfg, mc),
                                     flops=count_flops(cfg, mc, source_len=n_src, target_len=n_src),
                                     eval_s=score.eval_s))
-                    job = s.get_one(SearchJob, job_id)
-                    job.heartbeat_at = _now()
-                    if job.status == "cancelled":
-                        raise JobCancelled(f"search job {job_id} was cancelled")
+                    _renew(s.get_one(SearchJob, job_id))
                 stored[cfg] = score
                 bar.update(task, advance=1)
 
@@ -359,9 +441,7 @@ def _commit_generation(db: Database, job_id: int, index: int, strategy: Strategy
         job.evaluations = s.scalar(select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id))
         job.best_loss = best[1].fitness() if best else None
         job.best_subnet_key = best[0].key() if best else None
-        job.heartbeat_at = _now()
-        if job.status == "cancelled":
-            raise JobCancelled(f"search job {job_id} was cancelled")
+        _renew(job)
 
 
 def front_candidates(rows: Sequence[CandidateRow], budget_ms: float) -> list[CandidateRow]:
@@ -395,6 +475,7 @@ def _verify_front(db: Database, job_id: int, spec: SearchSpec, progress: bool) -
                 for rec in measure(device=device, space=space, model_config=mc, subnets=[cfg],
                                    tuning_dir=spec.tuning_dir):
                     store.add(rec)
+                _heartbeat(db, job_id)  # a front measurement takes seconds to a minute: keep the lease
                 bar.update(task, advance=1)
         measured = _measurements(db, spec.device, space, protocol.key(), tkey)
     _store_front(db, job_id, spec, measured, members)

@@ -1,0 +1,306 @@
+"""The FastAPI application: jobs, devices, exports, health; errors mapped to 4xx with one clear message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi import Path as FPath
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import hwnas
+from hwnas.api import _service as svc
+from hwnas.api._auth import AuthError, authenticate
+from hwnas.api._launch import Launcher, RayLauncher, reconcile
+from hwnas.api._schemas import (
+    CandidateOut,
+    DeviceCreate,
+    DeviceOut,
+    DeviceProfileOut,
+    ExportCreate,
+    ExportOut,
+    Health,
+    JobCreate,
+    JobOut,
+    JobPage,
+    JobStatus,
+    ParetoMemberOut,
+)
+from hwnas.api._settings import ServiceSettings
+from hwnas.db import Database
+from hwnas.exceptions import DuplicateError, HwnasError, NotFoundError, StorageError
+
+log = logging.getLogger("hwnas.api")
+
+# HwnasError subclasses -> status; the first match in the exception's MRO wins, anything else is 422
+_STATUS: dict[str, int] = {"AuthError": 401, "NotFoundError": 404, "DuplicateError": 409, "JobBusyError": 409,
+                           "StorageError": 503}
+
+
+def _status_of(e: HwnasError) -> int:
+    for cls in type(e).__mro__:
+        if cls.__name__ in _STATUS:
+            return _STATUS[cls.__name__]
+    return 422
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `max_bytes` (413), declared or streamed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await self._refuse(send)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return msg
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        await JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)(
+            {"type": "http"}, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def create_app(*, settings: ServiceSettings | None = None, launcher: Launcher | None = None) -> FastAPI:
+    """The service. `launcher` defaults to a `RayLauncher` on `settings.ray_address` (tests pass their own)."""
+    settings = settings or ServiceSettings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = await run_in_threadpool(Database, settings.db_url)
+        app.state.db = db
+        app.state.launcher = launcher or await run_in_threadpool(RayLauncher, db.url, address=settings.ray_address)
+        loop = asyncio.create_task(_reconcile_forever(app, settings))
+        try:
+            yield
+        finally:
+            loop.cancel()
+            app.state.launcher.close()
+            db.close()
+
+    app = FastAPI(title="hwnas", version=hwnas.__version__, lifespan=lifespan,
+                  description="Hardware-aware neural architecture search (HAT) as a service: submit latency-"
+                              "constrained search jobs, query device profiles, export discovered SubTransformers.")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    app.state.settings = settings
+
+    @app.exception_handler(HwnasError)
+    async def _hwnas_error(request: Request, e: HwnasError) -> JSONResponse:
+        code = _status_of(e)
+        headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
+        return JSONResponse({"detail": str(e).splitlines()[0] if str(e) else type(e).__name__},
+                            status_code=code, headers=headers)
+
+    _routes(app, settings)
+    from hwnas.api._dashboard import router as dashboard
+
+    app.include_router(dashboard)
+    return app
+
+
+async def _reconcile_forever(app: FastAPI, settings: ServiceSettings) -> None:
+    """Resume orphaned jobs at start-up, then every `reconcile_every_s` (a failure is logged, never fatal)."""
+    while True:
+        try:
+            for line in await run_in_threadpool(reconcile, app.state.db, app.state.launcher,
+                                                max_attempts=settings.max_attempts):
+                log.info("reconcile: %s", line)
+        except Exception:  # the loop must outlive a database hiccup
+            log.exception("reconcile failed")
+        await asyncio.sleep(settings.reconcile_every_s)
+
+
+_bearer = HTTPBearer(auto_error=False, description="A token from `hwnas tokens create USER`")
+
+
+def db_of(request: Request) -> Database:
+    return request.app.state.db
+
+
+def current_user(request: Request,
+                 cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    if cred is None:
+        raise AuthError("missing bearer token (Authorization: Bearer <token>)")
+    return authenticate(db_of(request), cred.credentials)
+
+
+User = Annotated[str, Depends(current_user)]
+DB = Annotated[Database, Depends(db_of)]
+PAGE_LIMIT_MAX = 200
+Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
+JobId = Annotated[int, FPath(ge=1, le=2**31 - 1)]  # database integers: a larger id can exist nowhere
+_UNAUTH: dict[int | str, dict[str, Any]] = {401: {"description": "Missing or invalid token"}}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {**_UNAUTH, 404: {"description": "Not found (or not yours)"}}
+
+
+def _routes(app: FastAPI, settings: ServiceSettings) -> None:
+
+    @app.get("/healthz", response_model=Health, tags=["service"])
+    def health(db: DB) -> Health:
+        from sqlalchemy import text
+
+        try:
+            with db.session() as s:
+                s.execute(text("SELECT 1"))
+        except StorageError as e:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from e
+        return Health(status="ok", database=db.engine.dialect.name, version=hwnas.__version__)
+
+    @app.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"],
+              responses={**_UNAUTH, 422: {"description": "Invalid spec (unknown space/device, budget nobody meets)"}})
+    def submit_job(body: JobCreate, user: User, db: DB) -> JobOut:
+        """Validate a search spec, store it as a queued job and start it on the cluster."""
+        from hwnas.search import get_job
+
+        job_id = svc.create_owned_job(db, user, body)
+        try:
+            app.state.launcher.submit("job", job_id)
+        except Exception as e:  # the job is stored: the reconciler starts it once the cluster is back
+            log.warning("job %d: not started yet (%s); the reconciler will retry", job_id, e)
+        return JobOut.of(get_job(db, job_id))
+
+    @app.get("/jobs", response_model=JobPage, tags=["jobs"], responses=_UNAUTH)
+    def jobs(user: User, db: DB, status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+             limit: Limit = 50, offset: Offset = 0) -> JobPage:
+        """Your jobs, newest first."""
+        from hwnas.search import list_jobs
+
+        items = list_jobs(db, status=status_, owner=user, limit=limit, offset=offset)
+        return JobPage(items=[JobOut.of(j) for j in items], total=svc.count_jobs(db, owner=user, status=status_),
+                       limit=limit, offset=offset)
+
+    @app.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_NOT_FOUND)
+    def job(job_id: JobId, user: User, db: DB) -> JobOut:
+        """Status, progress, generation and best loss so far."""
+        return JobOut.of(svc.owned_job(db, user, job_id))
+
+    @app.delete("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_NOT_FOUND)
+    def cancel(job_id: JobId, user: User, db: DB) -> JobOut:
+        """Cancel a job; a running search stops at its next candidate."""
+        from hwnas.search import cancel_job
+
+        svc.owned_job(db, user, job_id)
+        return JobOut.of(cancel_job(db, job_id))
+
+    @app.get("/jobs/{job_id}/pareto", response_model=list[ParetoMemberOut], tags=["jobs"], responses=_NOT_FOUND)
+    def pareto(job_id: JobId, user: User, db: DB) -> list[ParetoMemberOut]:
+        """The verified Pareto front (empty until the job has finished its search)."""
+        from hwnas.search import front
+
+        svc.owned_job(db, user, job_id)
+        return [ParetoMemberOut.of(m) for m in front(db, job_id)]
+
+    @app.get("/jobs/{job_id}/candidates", response_model=list[CandidateOut], tags=["jobs"], responses=_NOT_FOUND)
+    def job_candidates(job_id: JobId, user: User, db: DB, limit: Limit = 100, offset: Offset = 0) -> list[CandidateOut]:
+        """Every evaluated candidate, in evaluation order."""
+        from hwnas.search import candidates
+
+        svc.owned_job(db, user, job_id)
+        return [CandidateOut.of(c) for c in candidates(db, job_id)[offset:offset + limit]]
+
+    @app.get("/jobs/{job_id}/pareto.png", tags=["jobs"], responses={**_NOT_FOUND, 200: {"content": {"image/png": {}}}},
+             response_class=Response)
+    def pareto_plot(job_id: JobId, user: User, db: DB) -> Response:
+        """The Pareto plot: valid loss against latency, front members measured."""
+        return Response(svc.pareto_png(db, svc.owned_job(db, user, job_id)), media_type="image/png")
+
+    @app.post("/jobs/{job_id}/exports", response_model=ExportOut, status_code=202, tags=["exports"],
+              responses=_NOT_FOUND)
+    def export(job_id: JobId, body: ExportCreate, user: User, db: DB) -> ExportOut:
+        """Export a candidate as a standalone bundle (written on the cluster; poll GET /exports/{id})."""
+        from sqlalchemy import select
+
+        from hwnas.api._launch import export_dir
+        from hwnas.db._models import Candidate, Export
+
+        svc.owned_job(db, user, job_id)
+        with db.session() as s:
+            if s.scalar(select(Candidate.id).where(Candidate.job_id == job_id,
+                                                   Candidate.id == body.candidate_id)) is None:
+                raise NotFoundError(f"search job {job_id} has no candidate {body.candidate_id}")
+            row = Export(job_id=job_id, candidate_id=body.candidate_id, format=body.format, path="", status="pending")
+            s.add(row)
+            s.flush()
+            row.path = str(export_dir(row.id))
+            out = svc.export_out(row)
+        try:
+            app.state.launcher.submit("export", out.id)
+        except Exception as e:
+            log.warning("export %d: not started yet (%s); the reconciler will retry", out.id, e)
+        return out
+
+    @app.get("/jobs/{job_id}/exports", response_model=list[ExportOut], tags=["exports"], responses=_NOT_FOUND)
+    def exports(job_id: JobId, user: User, db: DB) -> list[ExportOut]:
+        svc.owned_job(db, user, job_id)
+        return svc.job_exports(db, job_id)
+
+    @app.get("/exports/{export_id}", tags=["exports"], response_model=None,
+             responses={**_NOT_FOUND, 200: {"content": {"application/zip": {}}, "description": "The bundle"},
+                        202: {"model": ExportOut, "description": "Still being written"},
+                        409: {"description": "The export failed (detail says why)"}})
+    def download(export_id: JobId, user: User, db: DB) -> Response:
+        """The bundle as a .zip once ready; 202 with its status while it is written."""
+        out, zip_path = svc.owned_export(db, user, export_id)
+        if out.status == "pending":
+            return JSONResponse(out.model_dump(mode="json"), status_code=202)
+        if out.status == "failed" or not zip_path.exists():
+            raise DuplicateError(f"export {export_id} failed: {out.error or 'its bundle is gone from the server'}")
+        return FileResponse(zip_path, media_type="application/zip",
+                            filename=f"hwnas-job{out.job_id}-candidate{out.candidate_id}-{out.format}.zip")
+
+    @app.get("/devices", response_model=list[DeviceOut], tags=["devices"], responses=_UNAUTH)
+    def devices(user: User, db: DB) -> list[DeviceOut]:
+        from hwnas.latency._registry import DeviceRegistry
+
+        return [svc.device_out(d) for d in DeviceRegistry(db).list()]
+
+    @app.post("/devices", response_model=DeviceOut, status_code=201, tags=["devices"],
+              responses={**_UNAUTH, 409: {"description": "Name taken"}})
+    def add_device(body: DeviceCreate, user: User, db: DB) -> DeviceOut:
+        """Register a device; remote ones join a TVM RPC tracker with `hwnas devices serve`."""
+        from hwnas.kernels import make_target
+        from hwnas.latency._devices import DeviceProfile
+        from hwnas.latency._registry import DeviceRegistry
+
+        make_target(body.target)  # a bad target is refused now, not at the first measurement
+        profile = DeviceProfile(name=body.name, kind=body.kind, target=body.target, runtime=body.runtime,
+                                location="rpc" if body.tracker or body.key else "local", tracker=body.tracker,
+                                rpc_key=body.key)
+        return svc.device_out(DeviceRegistry(db).add(profile))
+
+    @app.get("/devices/{name}", response_model=DeviceProfileOut, tags=["devices"], responses=_NOT_FOUND)
+    def device(name: str, user: User, db: DB) -> DeviceProfileOut:
+        """Fingerprint, protocol, measurement count and noise, predictors with their held-out accuracy."""
+        return svc.device_profile(db, name)
+

@@ -1,0 +1,179 @@
+"""Request and response bodies of the API (pydantic), kept apart from the database tables."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hwnas.search import CandidateRow, FrontMember, JobInfo
+
+Strategy = Literal["evo", "nsga2", "tpe", "random"]
+ExportFormat = Literal["torchscript", "onnx", "tvm"]
+JobStatus = Literal["queued", "running", "verifying", "finished", "failed", "cancelled", "interrupted"]
+_Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+class ConstraintIn(_In):
+    device: str = _Name
+    latency_ms: float = Field(gt=0, le=1e7, allow_inf_nan=False)
+
+
+class JobCreate(_In):
+    """A search job: find the best subnets of `space` under `latency_ms` on `device`."""
+
+    space: str = Field("quickstart", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    device: str = Field("local-cpu", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    latency_ms: float = Field(gt=0, le=1e7, allow_inf_nan=False, description="Latency budget on the device (ms)")
+    strategy: Strategy = "evo"
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    population: int | None = Field(None, ge=4, le=2000, description="Candidates per generation/batch")
+    generations: int | None = Field(None, ge=1, le=1000, description="Generations (evo) or batches (others)")
+    workers: int = Field(1, ge=1, le=64, description="Ray actors scoring candidates")
+    fitness: Literal["loss", "bleu"] = "loss"
+    valid_sentences: int | None = Field(None, ge=1, le=100_000)
+    also: list[ConstraintIn] = Field(default_factory=list, max_length=8, description="More (device, budget) pairs")
+    verify: bool = Field(True, description="Measure the final front on the device")
+
+
+class JobOut(BaseModel):
+    id: int
+    status: JobStatus
+    error: str | None
+    space: str
+    device: str
+    latency_ms: float
+    strategy: str
+    generation: int
+    generations_total: int
+    progress: float = Field(description="Finished generations / total, 0..1")
+    evaluations: int
+    best_loss: float | None
+    best_subnet_key: str | None
+    attempts: int
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    heartbeat_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    spec: dict[str, Any]
+
+    @classmethod
+    def of(cls, j: JobInfo) -> JobOut:
+        spec = j.spec.to_dict()
+        spec.pop("supernet", None)  # a server path: not the user's business
+        spec.pop("tuning_dir", None)
+        return cls(id=j.id, status=j.status, error=j.error, space=j.spec.space, device=j.spec.device,  # type: ignore[arg-type]
+                   latency_ms=j.spec.latency_ms, strategy=j.spec.strategy, generation=j.generation,
+                   generations_total=j.generations_total,
+                   progress=min(1.0, j.generation / j.generations_total) if j.generations_total else 0.0,
+                   evaluations=j.evaluations, best_loss=j.best_loss, best_subnet_key=j.best_subnet_key,
+                   attempts=j.attempts, created_at=j.created_at, started_at=j.started_at,
+                   heartbeat_at=j.heartbeat_at, finished_at=j.finished_at, spec=spec)
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class CandidateOut(BaseModel):
+    id: int
+    subnet_key: str
+    subnet: dict[str, Any]
+    generation: int
+    loss: float | None
+    bleu: float | None
+    error: str | None
+    predicted_latency_ms: float
+    params: int
+    flops: int
+
+    @classmethod
+    def of(cls, c: CandidateRow) -> CandidateOut:
+        return cls(id=c.id, subnet_key=c.subnet.key(), subnet=c.subnet.to_dict(), generation=c.generation,
+                   loss=c.loss, bleu=c.bleu, error=c.error, predicted_latency_ms=c.predicted_latency_ms,
+                   params=c.params, flops=c.flops)
+
+
+class ParetoMemberOut(BaseModel):
+    candidate: CandidateOut
+    measured_latency_ms: float | None
+    meets_constraint: bool | None
+    error: str | None
+
+    @classmethod
+    def of(cls, m: FrontMember) -> ParetoMemberOut:
+        return cls(candidate=CandidateOut.of(m.candidate), measured_latency_ms=m.measured_latency_ms,
+                   meets_constraint=m.meets_constraint, error=m.error)
+
+
+class ExportCreate(_In):
+    candidate_id: int = Field(ge=1, le=2**31 - 1)
+    format: ExportFormat = "onnx"
+
+
+class ExportOut(BaseModel):
+    id: int
+    job_id: int
+    candidate_id: int
+    format: str
+    status: Literal["pending", "ready", "failed"]
+    error: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    download: str = Field(description="GET this path for the bundle (.zip) once ready")
+
+
+class DeviceCreate(_In):
+    name: str = _Name
+    kind: Literal["cpu", "gpu", "iot"]
+    target: dict[str, Any] = Field(description='TVM target as a JSON object, e.g. {"kind": "llvm", "mcpu": "znver4"}')
+    runtime: Literal["tvm", "torch"] = "tvm"
+    tracker: str | None = Field(None, max_length=256, pattern=r"^[A-Za-z0-9_.-]+:[0-9]{1,5}$",
+                                description="HOST:PORT of the TVM RPC tracker (remote devices)")
+    key: str | None = Field(None, min_length=1, max_length=128, description="RPC device key (remote devices)")
+
+
+class DeviceOut(BaseModel):
+    name: str
+    kind: str
+    target: dict[str, Any]
+    runtime: str
+    location: str
+    tracker: str | None
+    rpc_key: str | None
+
+
+class MeasurementSummary(BaseModel):
+    ok: int
+    errors: int
+    cv_median: float | None = Field(description="Median coefficient of variation of a record's timings")
+    cv_p90: float | None
+
+
+class PredictorOut(BaseModel):
+    kind: str
+    version: int
+    space: str
+    created_at: dt.datetime
+    metrics: dict[str, Any]
+
+
+class DeviceProfileOut(DeviceOut):
+    fingerprint: dict[str, Any]
+    protocol: dict[str, Any]
+    measurements: MeasurementSummary
+    predictors: list[PredictorOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: str
+    version: str

@@ -1,0 +1,140 @@
+"""What the API and the dashboard do, on the database; each call checks the caller owns what it touches."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, select
+
+from hwnas.api._schemas import (
+    DeviceOut,
+    DeviceProfileOut,
+    ExportOut,
+    JobCreate,
+    MeasurementSummary,
+    PredictorOut,
+)
+from hwnas.db import Database
+from hwnas.db._models import Device, Export, Measurement, Predictor, SearchJob
+from hwnas.exceptions import CheckpointError, NotFoundError, SearchError, SearchSpaceError
+from hwnas.search import JobInfo, SearchSpec, get_job
+from hwnas.search._job import strategy_options
+
+
+def owned_job(db: Database, user: str, job_id: int) -> JobInfo:
+    """The job, if `user` owns it; someone else's job is 'not found', never 'forbidden' (ids leak nothing)."""
+    job = get_job(db, job_id)
+    if job.owner != user:
+        raise NotFoundError(f"no search job {job_id}")
+    return job
+
+
+def count_jobs(db: Database, *, owner: str, status: str | None) -> int:
+    q = select(func.count()).select_from(SearchJob).where(SearchJob.owner == owner)
+    if status is not None:
+        q = q.where(SearchJob.status == status)
+    with db.session() as s:
+        return int(s.scalar(q) or 0)
+
+
+def spec_of(db: Database, body: JobCreate) -> SearchSpec:
+    """The library's search spec for a request: the space's trained supernet and the device's tuning database."""
+    from hwnas._cli_latency import _tuning_to_use
+    from hwnas.cli import default_checkpoint
+    from hwnas.latency._registry import DeviceRegistry
+    from hwnas.search import FitnessConfig
+    from hwnas.search_spaces import list_spaces
+
+    if body.space not in list_spaces():  # users name shipped spaces only, never files on the server
+        raise SearchSpaceError(f"unknown space '{body.space}' (known: {', '.join(list_spaces())})")
+    checkpoint = default_checkpoint(body.space)
+    if not checkpoint.exists():
+        raise CheckpointError(f"no trained supernet for space '{body.space}' on this server "
+                              f"(an admin trains one: hwnas supernet train --space {body.space})")
+    return SearchSpec(space=body.space, device=body.device, latency_ms=body.latency_ms, strategy=body.strategy,
+                      seed=body.seed, supernet=str(checkpoint),
+                      options=strategy_options(body.strategy, population=body.population,
+                                               generations=body.generations),
+                      fitness=FitnessConfig(metric=body.fitness, valid_sentences=body.valid_sentences),
+                      extra_constraints=tuple((c.device, c.latency_ms) for c in body.also), workers=body.workers,
+                      verify=body.verify,
+                      tuning_dir=_tuning_to_use(DeviceRegistry(db).get(body.device), body.space, untuned=False))
+
+
+def create_owned_job(db: Database, user: str, body: JobCreate) -> int:
+    """Validate and store `body` as `user`'s queued job. A device named in the body that does not exist is the
+    body's fault (422), not a missing resource (404)."""
+    from hwnas.search import create_job
+
+    try:
+        return create_job(db, spec_of(db, body), owner=user)
+    except NotFoundError as e:
+        raise SearchError(str(e)) from e
+
+
+def export_out(row: Export) -> ExportOut:
+    return ExportOut(id=row.id, job_id=row.job_id, candidate_id=row.candidate_id, format=row.format,
+                     status=row.status, error=row.error, created_at=row.created_at,  # type: ignore[arg-type]
+                     finished_at=row.finished_at, download=f"/exports/{row.id}")
+
+
+def owned_export(db: Database, user: str, export_id: int) -> tuple[ExportOut, Path]:
+    with db.session() as s:
+        row = s.get(Export, export_id)
+        owner = s.scalar(select(SearchJob.owner).where(SearchJob.id == row.job_id)) if row else None
+        if row is None or owner != user:
+            raise NotFoundError(f"no export {export_id}")
+        return export_out(row), Path(row.path + ".zip")
+
+
+def job_exports(db: Database, job_id: int) -> list[ExportOut]:
+    with db.session() as s:
+        return [export_out(r) for r in s.scalars(select(Export).where(Export.job_id == job_id).order_by(Export.id))]
+
+
+def device_out(d: object) -> DeviceOut:
+    return DeviceOut(name=d.name, kind=d.kind, target=d.target, runtime=d.runtime,  # type: ignore[attr-defined]
+                     location=d.location, tracker=d.tracker, rpc_key=d.rpc_key)  # type: ignore[attr-defined]
+
+
+def device_profile(db: Database, name: str) -> DeviceProfileOut:
+    """A device with its measurement count and noise, and its predictors with their held-out accuracy."""
+    from hwnas.latency._registry import DeviceRegistry
+
+    dev = DeviceRegistry(db).get(name)
+    with db.session() as s:
+        cvs = np.array([cv for cv in s.scalars(select(Measurement.latency_cv).join(Device).where(
+            Device.name == name, Measurement.status == "ok")) if cv is not None], dtype=float)
+        preds = [PredictorOut(kind=p.kind, version=p.version, space=p.space, created_at=p.created_at,
+                              metrics=p.metrics)
+                 for p in s.scalars(select(Predictor).join(Device).where(Device.name == name)
+                                    .order_by(Predictor.kind, Predictor.version))]
+    summary = MeasurementSummary(ok=_count(db, name, "ok"), errors=_count(db, name, "error"),
+                                 cv_median=float(np.median(cvs)) if cvs.size else None,
+                                 cv_p90=float(np.percentile(cvs, 90)) if cvs.size else None)
+    return DeviceProfileOut(**device_out(dev).model_dump(), fingerprint=dev.fingerprint,
+                            protocol=dev.protocol.to_dict(), measurements=summary, predictors=preds)
+
+
+def _count(db: Database, name: str, status: str) -> int:
+    with db.session() as s:
+        return int(s.scalar(select(func.count()).select_from(Measurement).join(Device)
+                            .where(Device.name == name, Measurement.status == status)) or 0)
+
+
+_PLOT_LOCK = threading.Lock()  # pyplot keeps global state: one figure at a time across request threads
+
+
+def pareto_png(db: Database, job: JobInfo) -> bytes:
+    """The job's Pareto plot (valid loss vs latency, front members marked) as PNG bytes."""
+    import tempfile
+
+    from hwnas.search import candidates, front, plot_front
+
+    rows, members = candidates(db, job.id), front(db, job.id)
+    with _PLOT_LOCK, tempfile.TemporaryDirectory() as tmp:
+        path = plot_front(Path(tmp) / "front.png", title=f"job {job.id}: {job.spec.space} on {job.spec.device}",
+                          rows=rows, members=members, budget_ms=job.spec.latency_ms)
+        return Path(path).read_bytes()

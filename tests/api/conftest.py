@@ -1,0 +1,98 @@
+"""Service test fixtures: a tiny quickstart supernet under a temp $HWNAS_HOME, a stand-in predictor, clients."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from hwnas.api import Launcher, ServiceSettings, create_app, create_token, create_user
+from hwnas.db import Database
+from hwnas.latency._devices import get_device
+from hwnas.latency._predictor import Sample, create_predictor
+from hwnas.latency._registry import save_predictor
+from hwnas.search_spaces import get_space
+from hwnas.supernet import DataSpec, TrainConfig, train_supernet
+from tests.latency.test_predictors import stand_in_latency
+
+DEVICE = "local-cpu-torch"  # real measurements without a compile step: a verified front fits in a test
+
+
+class RecordingLauncher(Launcher):
+    """Test double: records what the API asks to run instead of starting Ray actors."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, int]] = []
+        self.live: set[tuple[str, int]] = set()
+
+    def submit(self, kind: str, id_: int) -> None:  # type: ignore[override]
+        self.submitted.append((kind, id_))
+
+    def alive(self, kind: str, id_: int) -> bool:  # type: ignore[override]
+        return (kind, id_) in self.live
+
+
+@pytest.fixture(scope="session")
+def service_home(tmp_path_factory: pytest.TempPathFactory, bible_dir: Path) -> Path:
+    """$HWNAS_HOME holding a quickstart supernet trained for a few steps on a slice of the real corpus."""
+    from hwnas.cli import default_checkpoint
+
+    home = tmp_path_factory.mktemp("hwnas-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HWNAS_HOME", str(home))
+        out = default_checkpoint("quickstart").parent
+    train_supernet(space=get_space("quickstart"), data=DataSpec.parse(f"files:{bible_dir}:de-en"), out=out,
+                   config=TrainConfig(steps=4, max_tokens=300, vocab_size=300, warmup_steps=2), progress=False)
+    return home
+
+
+@pytest.fixture()
+def home(service_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HWNAS_HOME", str(service_home))
+    return service_home
+
+
+def save_stand_in_predictor(db: Database) -> float:
+    """Stores a layerwise predictor fitted to stand-in timings (test data, named so) for DEVICE on quickstart;
+    returns a budget about half of the space meets."""
+    space = get_space("quickstart")
+    rng = np.random.default_rng(0)
+    subnets = [space.sample(rng) for _ in range(60)]
+    pred = create_predictor("layerwise", space, space.source_length_tokens).fit(
+        [Sample(c, *stand_in_latency(c), space.source_length_tokens) for c in subnets])
+    save_predictor(db, device=get_device(DEVICE), predictor=pred, metrics={"mape": 0.05, "within_10pct": 0.9},
+                   data_key="stand-in")
+    return float(np.median(pred.predict(subnets)))
+
+
+@pytest.fixture()
+def budget_ms(db: Database, home: Path) -> float:
+    return save_stand_in_predictor(db)
+
+
+@pytest.fixture()
+def launcher() -> RecordingLauncher:
+    return RecordingLauncher()
+
+
+@pytest.fixture()
+def client(db: Database, home: Path, launcher: RecordingLauncher) -> Iterator[TestClient]:
+    app = create_app(settings=ServiceSettings(db_url=db.url, reconcile_every_s=3600), launcher=launcher)
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture()
+def auth(db: Database) -> Callable[[str], dict[str, str]]:
+    """Headers with a fresh token of user `name` (created on first use)."""
+    made: set[str] = set()
+
+    def headers(name: str = "alice") -> dict[str, str]:
+        if name not in made:
+            create_user(db, name)
+            made.add(name)
+        return {"Authorization": f"Bearer {create_token(db, name)}"}
+    return headers
