@@ -99,7 +99,9 @@ def create_app(*, settings: ServiceSettings | None = None, launcher: Launcher | 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = await run_in_threadpool(Database, settings.db_url)
         app.state.db = db
-        app.state.launcher = launcher or await run_in_threadpool(RayLauncher, db.url, address=settings.ray_address)
+        # Not in a worker thread: a local Ray's processes are killed when the thread that started them exits
+        # (PR_SET_PDEATHSIG follows threads), so Ray starts on the event loop's thread, once.
+        app.state.launcher = launcher or RayLauncher(db.url, address=settings.ray_address)
         loop = asyncio.create_task(_reconcile_forever(app, settings))
         try:
             yield
