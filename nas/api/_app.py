@@ -11,6 +11,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi import Path as FPath
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +26,7 @@ from hwnas.api._schemas import (
     DeviceCreate,
     DeviceOut,
     DeviceProfileOut,
+    ErrorOut,
     ExportCreate,
     ExportOut,
     Health,
@@ -110,7 +113,7 @@ def create_app(*, settings: ServiceSettings | None = None, launcher: Launcher | 
             app.state.launcher.close()
             db.close()
 
-    app = FastAPI(title="hwnas", version=hwnas.__version__, lifespan=lifespan,
+    app = FastAPI(title="hwnas", version=hwnas.__version__, lifespan=lifespan, responses=_BAD_INPUT,
                   description="Hardware-aware neural architecture search (HAT) as a service: submit latency-"
                               "constrained search jobs, query device profiles, export discovered SubTransformers.")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
@@ -122,6 +125,14 @@ def create_app(*, settings: ServiceSettings | None = None, launcher: Launcher | 
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
         return JSONResponse({"detail": str(e).splitlines()[0] if str(e) else type(e).__name__},
                             status_code=code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
+        errors = jsonable_encoder(e.errors())
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return JSONResponse({"detail": f"{where}: {first['msg']}{more}", "errors": errors}, status_code=422)
 
     _routes(app, settings)
     from hwnas.api._dashboard import router as dashboard
@@ -162,8 +173,17 @@ PAGE_LIMIT_MAX = 200
 Limit = Annotated[int, Query(ge=1, le=PAGE_LIMIT_MAX)]
 Offset = Annotated[int, Query(ge=0, le=2**31 - 1)]
 JobId = Annotated[int, FPath(ge=1, le=2**31 - 1)]  # database integers: a larger id can exist nowhere
-_UNAUTH: dict[int | str, dict[str, Any]] = {401: {"description": "Missing or invalid token"}}
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {**_UNAUTH, 404: {"description": "Not found (or not yours)"}}
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorOut, "description": description}
+
+
+# Documented on every route (FastAPI then leaves out its own 422 schema: ours is one line plus the fields)
+_BAD_INPUT: dict[int | str, dict[str, Any]] = {
+    400: _error("Unparsable body"), 413: _error("Body too large"), 422: _error("Invalid input (detail says which)"),
+    503: _error("Database unavailable")}
+_UNAUTH: dict[int | str, dict[str, Any]] = {401: _error("Missing or invalid token")}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {**_UNAUTH, 404: _error("Not found (or not yours)")}
 
 
 def _routes(app: FastAPI, settings: ServiceSettings) -> None:
@@ -180,7 +200,7 @@ def _routes(app: FastAPI, settings: ServiceSettings) -> None:
         return Health(status="ok", database=db.engine.dialect.name, version=hwnas.__version__)
 
     @app.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"],
-              responses={**_UNAUTH, 422: {"description": "Invalid spec (unknown space/device, budget nobody meets)"}})
+              responses={**_UNAUTH, 422: _error("Invalid spec (unknown space or device, a budget no subnet meets)")})
     def submit_job(body: JobCreate, user: User, db: DB) -> JobOut:
         """Validate a search spec, store it as a queued job and start it on the cluster."""
         from hwnas.search import get_job
@@ -270,7 +290,7 @@ def _routes(app: FastAPI, settings: ServiceSettings) -> None:
     @app.get("/exports/{export_id}", tags=["exports"], response_model=None,
              responses={**_NOT_FOUND, 200: {"content": {"application/zip": {}}, "description": "The bundle"},
                         202: {"model": ExportOut, "description": "Still being written"},
-                        409: {"description": "The export failed (detail says why)"}})
+                        409: _error("The export failed (detail says why)")})
     def download(export_id: JobId, user: User, db: DB) -> Response:
         """The bundle as a .zip once ready; 202 with its status while it is written."""
         out, zip_path = svc.owned_export(db, user, export_id)
@@ -288,7 +308,7 @@ def _routes(app: FastAPI, settings: ServiceSettings) -> None:
         return [svc.device_out(d) for d in DeviceRegistry(db).list()]
 
     @app.post("/devices", response_model=DeviceOut, status_code=201, tags=["devices"],
-              responses={**_UNAUTH, 409: {"description": "Name taken"}})
+              responses={**_UNAUTH, 409: _error("Name taken")})
     def add_device(body: DeviceCreate, user: User, db: DB) -> DeviceOut:
         """Register a device; remote ones join a TVM RPC tracker with `hwnas devices serve`."""
         from hwnas.kernels import make_target

@@ -63,12 +63,15 @@ class RayLauncher(Launcher):
         self._cls = ray.remote(num_cpus=0, max_restarts=0)(_Runner)
 
     def submit(self, kind: Kind, id_: int) -> None:
+        from hwnas.search._evaluator import worker_resources
+
         if self.alive(kind, id_):
             return
         env = {k: v for k, v in os.environ.items() if k.startswith("HWNAS_")}
         try:
             actor = self._cls.options(name=_name(kind, id_), namespace=NAMESPACE, lifetime="detached",
-                                      runtime_env={"env_vars": env}).remote(self.db_url)
+                                      resources=worker_resources(), runtime_env={"env_vars": env}
+                                      ).remote(self.db_url)
         except ValueError:  # the name is taken: a runner started meanwhile
             return
         actor.run.remote(kind, id_)

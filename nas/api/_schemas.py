@@ -173,6 +173,13 @@ class DeviceProfileOut(DeviceOut):
     predictors: list[PredictorOut]
 
 
+class ErrorOut(BaseModel):
+    """Every 4xx/5xx: one line saying what was wrong and with which input."""
+
+    detail: str
+    errors: list[dict[str, Any]] | None = Field(None, description="Each invalid field (validation errors only)")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     database: str

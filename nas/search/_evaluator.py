@@ -147,6 +147,17 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         raise SearchError(f"cannot start or join {where}: {str(e).splitlines()[0]}") from e
 
 
+WORKER_RESOURCE = "hwnas_worker"  # advertised by worker nodes of a cluster (docker-compose.yml, scripts/cluster.sh)
+
+
+def worker_resources() -> dict[str, float]:
+    """Keep hwnas actors on worker nodes when the cluster marks them: never on the API's node, whose restart
+    would kill them. A local Ray (no marked nodes) places them anywhere."""
+    import ray
+
+    return {WORKER_RESOURCE: 0.001} if ray.cluster_resources().get(WORKER_RESOURCE) else {}
+
+
 class RayEvaluator(Evaluator):
     """A pool of `workers` Ray actors, each with its own supernet replica, scoring one candidate per call."""
 
@@ -170,7 +181,8 @@ class RayEvaluator(Evaluator):
         ray.get([a.ready.remote() for a in self.actors])  # load errors (bad checkpoint) surface here, once
 
     def _spawn(self) -> Any:
-        return self._actor_cls.options(max_restarts=0).remote(self._checkpoint, self._fitness, self._threads)
+        return self._actor_cls.options(max_restarts=0, resources=worker_resources()).remote(
+            self._checkpoint, self._fitness, self._threads)
 
     def evaluate(self, subnets: Sequence[SubnetConfig], on_result: OnResult | None = None) -> list[Score]:
         import ray

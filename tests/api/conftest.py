@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from hwnas.api import Launcher, ServiceSettings, create_app, create_token, create_user
@@ -96,3 +103,28 @@ def auth(db: Database) -> Callable[[str], dict[str, str]]:
             made.add(name)
         return {"Authorization": f"Bearer {create_token(db, name)}"}
     return headers
+
+
+@contextlib.contextmanager
+def live_server(app: FastAPI, timeout_s: float = 30) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in a thread; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # the server takes this bound socket: no race for the port
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the test server did not come up")
+            time.sleep(0.1)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
