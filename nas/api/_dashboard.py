@@ -213,6 +213,19 @@ def pareto_png(request: Request, job_id: str, user: UIUser, db: DB) -> Response:
     return Response(svc.pareto_png(db, job), media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
+@router.get("/ui/exports/{export_id}")
+def export_download(request: Request, export_id: str, user: UIUser, db: DB) -> Response:
+    """A ready export's bundle for the logged-in owner (the same file as GET /exports/{id} with a token)."""
+    try:
+        out, zip_path = svc.owned_export(db, user, int(export_id)) if export_id.isdigit() else (None, None)
+    except NotFoundError:
+        out, zip_path = None, None
+    if out is None or out.status != "ready" or zip_path is None or not zip_path.exists():
+        return _not_found(request, user, f"a ready export {export_id}")
+    return FileResponse(zip_path, media_type="application/zip",
+                        filename=f"hwnas-job{out.job_id}-candidate{out.candidate_id}-{out.format}.zip")
+
+
 PREDICTOR_METRICS = (("n", "held-out n", "num0"), ("mape", "MAPE", "pct"), ("within_5pct", "within ±5%", "pct"),
                      ("within_10pct", "within ±10%", "pct"), ("rmse_ms", "RMSE ms", "num"),
                      ("spearman", "Spearman", "num"), ("kendall", "Kendall", "num"))

@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import io
 import os
 import socket
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -129,7 +131,11 @@ def fill(db: Database) -> tuple[str, dict[str, int]]:
             s.flush()
             s.add(ParetoMember(job_id=ids["finished"], candidate_id=c.id, measurement_id=m.id,
                                measured_latency_ms=measured, meets_constraint=measured <= BUDGET_MS))
-        s.add(Export(job_id=ids["finished"], candidate_id=rows[6].id, format="onnx", path="/stand-in/export-1",
+        bundle = Path(os.environ["HWNAS_HOME"]) / "exports" / "export-1"  # a stand-in bundle: one zipped file
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(f"{bundle}.zip", "w") as z:
+            z.writestr("manifest.json", "{}")
+        s.add(Export(job_id=ids["finished"], candidate_id=rows[6].id, format="onnx", path=str(bundle),
                      status="ready", finished_at=_now(30)))
         for kind, metrics in (("layerwise", {"n": 40.0, "rmse_ms": 0.61, "mape": MAPE, "within_5pct": 0.7,
                                              "within_10pct": 0.95, "spearman": 0.971, "kendall": 0.884}),
@@ -207,6 +213,10 @@ def test_login_cookie_and_api_boundary(site: Site) -> None:
         r = c.get(f"/ui/jobs/{site.finished}/pareto.png")
         assert r.status_code == 200 and r.headers["content-type"] == "image/png" and r.content[:4] == b"\x89PNG"
         assert c.get("/ui/static/dashboard.css").headers["content-type"].startswith("text/css")
+        r = c.get("/ui/exports/1")  # a ready export downloads with the cookie too
+        assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
+        assert zipfile.ZipFile(io.BytesIO(r.content)).namelist() == ["manifest.json"]
+        assert c.get("/ui/exports/2").status_code == 404
         r = c.get("/ui/logout")
         assert r.status_code == 303 and 'hwnas_token=""' in r.headers["set-cookie"]
 
