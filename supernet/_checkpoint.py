@@ -31,7 +31,8 @@ def _read_tagged(path: str | Path, fmt: str, what: str, kind: str) -> dict[str, 
     if not p.is_file():
         raise CheckpointError(f"{what} '{p}' does not exist")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        # mmap: tensors are paged in when used, so reading a checkpoint's metadata (space, config) is cheap
+        state = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise CheckpointError(f"{what} '{p}' is corrupt or not a {what}: {str(e).splitlines()[0]}") from e
     if not isinstance(state, dict) or state.get("format") != fmt:
