@@ -29,19 +29,17 @@ def serve_command(
     """Run the REST API and dashboard; search jobs run on Ray, never in this process."""
     import uvicorn
 
-    from hwnas.api import ServiceSettings, create_app
+    from hwnas.api import RayLauncher, ServiceSettings, create_app
+    from hwnas.db import Database
 
     overrides = {k: v for k, v in (("db_url", db_url), ("ray_address", ray_address)) if v}
     settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
-    _db_check(settings.db_url)
-    uvicorn.run(create_app(settings=settings), host=host, port=port, log_level=log_level)
-
-
-def _db_check(url: str | None) -> None:
-    """Open (and migrate) the database before uvicorn starts: a bad URL is one line, not a failed startup."""
-    from hwnas.db import Database
-
-    Database(url).close()
+    # Database and Ray first, on this (the main) thread: a bad URL or an unreachable cluster is one line here,
+    # not a failed startup inside uvicorn; and a local Ray lives as long as this thread (see create_app).
+    with Database(settings.db_url) as db:
+        url = db.url
+    launcher = RayLauncher(url, address=settings.ray_address)
+    uvicorn.run(create_app(settings=settings, launcher=launcher), host=host, port=port, log_level=log_level)
 
 
 @users_app.command("create")

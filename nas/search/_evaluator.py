@@ -135,6 +135,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, log_to_driver=False)
@@ -156,6 +158,19 @@ def worker_resources() -> dict[str, float]:
     import ray
 
     return {WORKER_RESOURCE: 0.001} if ray.cluster_resources().get(WORKER_RESOURCE) else {}
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Ray retries an unreachable GCS for minutes; a HOST:PORT that refuses connections is told in seconds."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # 'auto', ray:// and other forms: Ray's own resolution
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SearchError(f"cannot reach the Ray cluster at '{address}': {e.strerror or e}") from None
 
 
 class RayEvaluator(Evaluator):

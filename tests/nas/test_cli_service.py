@@ -31,9 +31,11 @@ def test_users_and_tokens(tmp_path: Path) -> None:
     assert revoked.returncode == 0 and "revoked 2" in revoked.stdout
 
 
-def test_serve_refuses_a_bad_database_in_one_line(tmp_path: Path) -> None:
+def test_serve_refuses_a_bad_database_or_cluster_in_one_line(tmp_path: Path) -> None:
     assert_clean_error(hwnas("serve", "--db", "mysql+nodriver://x/y", home=tmp_path), "database URL")
     assert_clean_error(hwnas("serve", "--db", "postgresql://nobody@127.0.0.1:1/none", home=tmp_path), "unusable")
+    assert_clean_error(hwnas("serve", "--ray-address", "127.0.0.1:1", home=tmp_path),
+                       "cannot reach the Ray cluster at '127.0.0.1:1'")
 
 
 def test_serve_answers_with_the_tokens_the_cli_made(tmp_path: Path) -> None:
