@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hwnas
 from hwnas.api import _service as svc
-from hwnas.api._auth import AuthError, authenticate
+from hwnas.api._auth import AuthError, authenticate, hash_token
 from hwnas.api._launch import Launcher, RayLauncher, reconcile
 from hwnas.api._schemas import (
     CandidateOut,
@@ -118,6 +119,7 @@ def create_app(*, settings: ServiceSettings | None = None, launcher: Launcher | 
                               "constrained search jobs, query device profiles, export discovered SubTransformers.")
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.state.settings = settings
+    app.state.tokens = TokenCache(settings.token_cache_s)
 
     @app.exception_handler(HwnasError)
     async def _hwnas_error(request: Request, e: HwnasError) -> JSONResponse:
@@ -156,15 +158,38 @@ async def _reconcile_forever(app: FastAPI, settings: ServiceSettings) -> None:
 _bearer = HTTPBearer(auto_error=False, description="A token from `hwnas tokens create USER`")
 
 
-def db_of(request: Request) -> Database:
+async def db_of(request: Request) -> Database:  # async: no threadpool hop for a lookup
     return request.app.state.db
 
 
-def current_user(request: Request,
-                 cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+class TokenCache:
+    """token SHA-256 -> (user, until): a status poll costs no token query. A revoked token keeps working for
+    at most `ttl_s` seconds on an API process that saw it just before."""
+
+    def __init__(self, ttl_s: float = 10.0, max_entries: int = 10_000):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[str, tuple[str, float]] = {}
+
+    def get(self, token: str) -> str | None:
+        hit = self._entries.get(hash_token(token))
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    def put(self, token: str, user: str) -> None:
+        if len(self._entries) >= self.max_entries:  # bounded: forget everything rather than grow
+            self._entries.clear()
+        self._entries[hash_token(token)] = (user, time.monotonic() + self.ttl_s)
+
+
+async def current_user(request: Request,
+                       cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     if cred is None:
         raise AuthError("missing bearer token (Authorization: Bearer <token>)")
-    return authenticate(db_of(request), cred.credentials)
+    cache: TokenCache = request.app.state.tokens
+    user = cache.get(cred.credentials)
+    if user is None:
+        user = await run_in_threadpool(authenticate, request.app.state.db, cred.credentials)
+        cache.put(cred.credentials, user)
+    return user
 
 
 User = Annotated[str, Depends(current_user)]

@@ -87,7 +87,9 @@ def launcher() -> RecordingLauncher:
 
 @pytest.fixture()
 def client(db: Database, home: Path, launcher: RecordingLauncher) -> Iterator[TestClient]:
-    app = create_app(settings=ServiceSettings(db_url=db.url, reconcile_every_s=3600), launcher=launcher)
+    # no token cache: a revoked token must be refused at once in these tests (TokenCache is tested on its own)
+    app = create_app(settings=ServiceSettings(db_url=db.url, reconcile_every_s=3600, token_cache_s=0),
+                     launcher=launcher)
     with TestClient(app) as c:
         yield c
 

@@ -68,6 +68,22 @@ def test_tokens_are_stored_hashed_and_can_be_revoked(client: TestClient, db: Dat
     assert client.get("/jobs", headers=headers).status_code == 401
 
 
+def test_token_cache_forgets_after_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hwnas.api import _app
+
+    clock = [100.0]
+    monkeypatch.setattr(_app.time, "monotonic", lambda: clock[0])
+    cache = _app.TokenCache(ttl_s=10, max_entries=2)
+    cache.put("hwnas_a", "alice")
+    assert cache.get("hwnas_a") == "alice" and cache.get("hwnas_b") is None
+    clock[0] += 10.5
+    assert cache.get("hwnas_a") is None  # expired: the next request asks the database again
+    cache.put("hwnas_a", "alice")
+    cache.put("hwnas_b", "bob")
+    cache.put("hwnas_c", "carol")  # over max_entries: the cache starts over instead of growing
+    assert cache.get("hwnas_a") is None and cache.get("hwnas_c") == "carol"
+
+
 def test_submit_starts_the_job_and_users_see_only_their_own(client: TestClient, launcher: RecordingLauncher,
                                                             auth: Auth, budget_ms: float) -> None:
     alice, bob = auth("alice"), auth("bob")
