@@ -168,6 +168,7 @@ def supernet_extract(
 
 def _register_subcommands() -> None:
     from hwnas._cli_latency import devices_app, kernels_app, latency_app
+    from hwnas._cli_quickstart import quickstart_command
     from hwnas._cli_search import export_command, search_app
     from hwnas._cli_service import serve_command, tokens_app, users_app
 
@@ -176,6 +177,7 @@ def _register_subcommands() -> None:
     app.add_typer(latency_app, name="latency")
     app.add_typer(search_app, name="search")
     app.command("export")(export_command)
+    app.command("quickstart")(quickstart_command)
     app.command("serve")(serve_command)
     app.add_typer(users_app, name="users")
     app.add_typer(tokens_app, name="tokens")
