@@ -40,19 +40,17 @@ from hwnas.api._schemas import (
 from hwnas.api._settings import ServiceSettings
 from hwnas.db import Database
 from hwnas.exceptions import DuplicateError, HwnasError, NotFoundError, StorageError
+from hwnas.search._job import JobBusyError
 
 log = logging.getLogger("hwnas.api")
 
-# HwnasError subclasses -> status; the first match in the exception's MRO wins, anything else is 422
-_STATUS: dict[str, int] = {"AuthError": 401, "NotFoundError": 404, "DuplicateError": 409, "JobBusyError": 409,
-                           "StorageError": 503}
+# HwnasError subclasses -> HTTP status (the first that matches); any other HwnasError is the input's fault: 422
+_STATUS: tuple[tuple[type[HwnasError], int], ...] = (
+    (AuthError, 401), (NotFoundError, 404), (DuplicateError, 409), (JobBusyError, 409), (StorageError, 503))
 
 
 def _status_of(e: HwnasError) -> int:
-    for cls in type(e).__mro__:
-        if cls.__name__ in _STATUS:
-            return _STATUS[cls.__name__]
-    return 422
+    return next((code for cls, code in _STATUS if isinstance(e, cls)), 422)
 
 
 class BodyLimit:
@@ -136,7 +134,7 @@ def create_app(*, settings: ServiceSettings | None = None, launcher: Launcher | 
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return JSONResponse({"detail": f"{where}: {first['msg']}{more}", "errors": errors}, status_code=422)
 
-    _routes(app, settings)
+    _routes(app)
     from hwnas.api._dashboard import router as dashboard
 
     app.include_router(dashboard)
@@ -211,7 +209,7 @@ _UNAUTH: dict[int | str, dict[str, Any]] = {401: _error("Missing or invalid toke
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {**_UNAUTH, 404: _error("Not found (or not yours)")}
 
 
-def _routes(app: FastAPI, settings: ServiceSettings) -> None:
+def _routes(app: FastAPI) -> None:
 
     @app.get("/healthz", response_model=Health, tags=["service"])
     def health(db: DB) -> Health:
