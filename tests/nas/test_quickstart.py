@@ -1,0 +1,117 @@
+"""`hwnas quickstart` end to end: the real stages (training, TVM tuning, measuring on this CPU, predictor, Ray
+search, verification, ONNX export) on the tiny test space and a slice of the Bible, so it takes a minute or two."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_SPACE_DICT
+from tests.nas.test_cli import assert_clean_error, hwnas
+
+# The tiny test space with one head count and one attention span: 96 subnets, still plenty for 10 measured and a
+# search, but covering models of 2 + 2 layers instead of 4 + 16, which halves the TVM task extraction.
+SPACE = {**TINY_SPACE_DICT, "encoder_self_attention_heads": [2], "decoder_self_attention_heads": [2],
+         "decoder_ende_attention_heads": [2], "decoder_arbitrary_ende_attn": [1]}
+TINY = ["--steps", "3", "--trials", "8", "--samples", "10", "--population", "4", "--generations", "1",
+        "--budget-fraction", "1"]  # the whole space is within budget by prediction: the export cannot miss
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, bible_dir: Path) -> tuple[Path, str, dict]:
+    """(home, stdout, summary) of one quickstart run in a fresh $HWNAS_HOME, in this process."""
+    import ray
+    from typer.testing import CliRunner
+
+    import hwnas._cli_quickstart as qs
+    from hwnas.cli import app
+
+    root = tmp_path_factory.mktemp("quickstart")
+    space = root / "tiny.json"
+    space.write_text(json.dumps(SPACE))
+    home = root / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HWNAS_HOME", str(home))
+        mp.delenv("HWNAS_DB_URL", raising=False)
+        mp.setattr(qs, "SPACE", str(space))  # the embedded recipe, pointed at test stand-ins
+        mp.setattr(qs, "DATA", f"files:{bible_dir}:de-en")
+        try:
+            result = CliRunner().invoke(app, ["quickstart", *TINY])
+        finally:
+            ray.shutdown()  # the search started a local Ray in this process; later tests start their own
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return home, result.output, json.loads((home / "quickstart.json").read_text())
+
+
+def _printed_paths(output: str) -> dict[str, str]:
+    return {m[1]: m[2] for m in re.finditer(r"^  ([A-Za-z ]+):\s+(\S+)  \(", output, re.MULTILINE)}
+
+
+def test_quickstart_produces_every_artifact(run: tuple[Path, str, dict]) -> None:
+    from hwnas._export import load_bundle
+    from hwnas.db import Database
+    from hwnas.latency._registry import SQLMeasurementStore, list_predictors
+    from hwnas.search import front, get_job
+    from hwnas.supernet import read_checkpoint
+
+    home, output, summary = run
+    paths = _printed_paths(output)
+    assert set(paths) == {"checkpoint", "tuning database", "database", "Pareto plot", "export bundle", "summary"}
+    for what in ("checkpoint", "tuning database", "Pareto plot", "export bundle", "summary"):
+        assert Path(paths[what]).exists(), what
+        assert str(home) in paths[what]  # everything lands under $HWNAS_HOME
+    assert read_checkpoint(paths["checkpoint"])["step"] == 3
+    assert (Path(paths["tuning database"]) / "database_tuning_record.json").stat().st_size > 0
+    assert Path(paths["Pareto plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    db = Database(f"sqlite:///{home / 'hwnas.db'}")
+    space = TINY_SPACE_DICT["name"]
+    records = SQLMeasurementStore(db).records(device="local-cpu", space=space, tuning_key=None)
+    assert sum(r.result.ok for r in records) >= 10 and all(r.tuning_key for r in records)  # tuned kernels only
+    assert {p["kind"] for p in list_predictors(db, "local-cpu")} == {"layerwise", "hat-mlp"}
+
+    job = summary["job_id"]
+    assert get_job(db, job).status == "finished"
+    members = front(db, job)
+    assert members and all(m.measured_latency_ms is not None and m.measured_latency_ms > 0 for m in members)
+    best = summary["best"]
+    chosen = next(m for m in members if m.candidate.id == best["candidate"])
+    assert chosen.meets_constraint and best["measured_latency_ms"] <= summary["budget"]["budget_ms"]
+
+    bundle = load_bundle(paths["export bundle"])
+    assert bundle.format == "onnx" and bundle.subnet == chosen.candidate.subnet
+    assert bundle.certificate is not None and bundle.certificate.device == "local-cpu"
+    assert set(summary["stage_seconds"]) == {"supernet", "kernels", "latency", "search", "export"}
+    assert "budget" in output and "predicted smallest" in output  # the budget says what it is based on
+
+
+def test_quickstart_rerun_reuses_the_cached_stages(run: tuple[Path, str, dict], bible_dir: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second run trains and tunes nothing: same checkpoint file (untouched), same tuning records."""
+    import hwnas._cli_quickstart as qs
+    from hwnas._cli_latency import _device
+    from hwnas.search_spaces import get_space
+
+    home, _, first = run
+    monkeypatch.setenv("HWNAS_HOME", str(home))
+    monkeypatch.setattr(qs, "SPACE", str(home.parent / "tiny.json"))
+    monkeypatch.setattr(qs, "DATA", f"files:{bible_dir}:de-en")
+    ckpt = Path(first["checkpoint"])
+    written = ckpt.stat().st_mtime_ns
+    summary = qs.Summary(qs.Settings(steps=3, trials=8, samples=10, population=4, generations=1, budget_fraction=1.0,
+                                     workers=2))
+    space = get_space(qs.SPACE)
+    mc = qs._supernet(summary, space, steps=2)  # fewer steps than the checkpoint has: reused as it is
+    qs._kernels(summary, _device("local-cpu"), space, mc, trials=8)
+    assert summary.checkpoint == str(ckpt) and summary.checkpoint_step == 3 and ckpt.stat().st_mtime_ns == written
+    assert summary.tuning_records == first["tuning_records"]
+
+
+def test_bad_budget_fraction_is_one_line(tmp_path: Path) -> None:
+    for fraction in ("0", "1.5", "-0.2"):
+        assert_clean_error(hwnas("quickstart", "--budget-fraction", fraction, home=tmp_path),
+                           "--budget-fraction must be in (0, 1]")
+    assert not (tmp_path / "supernets").exists()  # rejected before any work
