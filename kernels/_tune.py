@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,21 @@ def extract_space_tasks(space: SearchSpace, mc: ModelConfig, target: dict[str, A
     return [(t, w) for t, w in merged.values()]
 
 
+def _import_tensor_intrinsics() -> None:
+    """Import TVM's tensor intrinsics from a fresh thread, before MetaSchedule imports them itself.
+
+    Their TVMScript parser calls `inspect.stack()` for each of ~500 intrinsics, at a cost that grows with the
+    caller's stack depth: measured here 17-23 s from a shallow stack, 46 s inside `hwnas quickstart`,
+    4.5 min inside pytest. A new thread's stack is shallow.
+    """
+    def load() -> None:
+        import tvm.s_tir.tensor_intrin  # noqa: F401 - imported for its side effect (registration)
+
+    loader = threading.Thread(target=load, name="tvm-tensor-intrin")
+    loader.start()
+    loader.join()
+
+
 def tune_space(*, space: SearchSpace, mc: ModelConfig, target: dict[str, Any], work_dir: str | Path, trials: int,
                decode_steps: int, num_trials_per_iter: int = 8, builder_timeout_s: float = 120.0,
                seed: int = 0) -> TuneReport:
@@ -136,6 +152,7 @@ def tune_space(*, space: SearchSpace, mc: ModelConfig, target: dict[str, Any], w
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     tgt = make_target(target)
+    _import_tensor_intrinsics()
     t0 = time.perf_counter()
     extracted = extract_space_tasks(space, mc, target, decode_steps=decode_steps)
     # Heaviest first (calls x FLOPs): the scheduler's warm-up round visits tasks in order, and a small

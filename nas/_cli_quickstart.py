@@ -243,21 +243,6 @@ def _record_progress(tuning_dir: Path, have: int, want: int) -> Iterator[None]:
             bar.update(task, completed=min(_records(tuning_dir), want))
 
 
-def _import_tensor_intrinsics() -> None:
-    """Import TVM's tensor intrinsics from a fresh thread, before tuning needs them.
-
-    Their TVMScript parser calls `inspect.stack()` for each of ~500 intrinsics, and each call costs in
-    proportion to the caller's stack depth times the loaded modules: measured here, 17-23 s from a
-    shallow stack, 46 s from inside this command, 4.5 min from inside pytest. A new thread's stack is shallow.
-    """
-    def load() -> None:
-        import tvm.s_tir.tensor_intrin  # noqa: F401 - imported for its side effect (registration)
-
-    loader = threading.Thread(target=load, name="tvm-tensor-intrin")
-    loader.start()
-    loader.join()
-
-
 def _kernels(summary: Summary, device: DeviceProfile, space: SearchSpace, mc: ModelConfig, trials: int) -> None:
     """Top the device's tuning database for the space up to `trials` records (`hwnas kernels tune` adds them)."""
     import logging
@@ -275,7 +260,6 @@ def _kernels(summary: Summary, device: DeviceProfile, space: SearchSpace, mc: Mo
         console.print(f"extracting the space's workloads, then {trials - have} trials "
                       f"({have} already in {tdir})")
         with _record_progress(tdir, have, trials):
-            _import_tensor_intrinsics()
             report = tune_space(space=space, mc=mc, target=device.target, work_dir=tdir, trials=trials - have,
                                 decode_steps=space.source_length_tokens)
         (tdir / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
