@@ -59,7 +59,7 @@ def main() -> None:
     records = store.records(device=device.name, space=space.name, protocol_key=protocol.key(),
                             tuning_key=tuning_key(tdir))
     ok = [r for r in records if r.result.ok]
-    cvs = np.array([r.result.latency_cv() for r in ok])
+    cvs = np.array([r.latency_cv() for r in ok])
     train, test = split(ok, args.test_fraction, seed=0)
     measured = np.array([r.sample().latency_ms for r in test])
     constraint = float(np.median(measured))

@@ -159,7 +159,7 @@ def e2e(args: argparse.Namespace) -> None:
     sup = load_supernet(ckpt)
     largest = measure(device=device, space=space, model_config=sup.model.mc, subnets=[space.largest()],
                       tuning_dir=tdir)[0]
-    largest_ms = largest.result.latency_ms(largest.protocol.decode_steps)
+    largest_ms = largest.latency_ms()
     budget = largest_ms / 3
     spec = SearchSpec(space="quickstart", device=device.name, latency_ms=budget, supernet=ckpt, strategy="evo",
                       seed=0, options=strategy_options("evo", population=args.population,

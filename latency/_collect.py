@@ -23,7 +23,7 @@ from hwnas.exceptions import InfeasibleConstraintError, MeasurementError
 from hwnas.kernels import BuildInput, TVMBuilder
 from hwnas.latency._devices import DeviceProfile, protocol_for
 from hwnas.latency._predictor import Sample
-from hwnas.latency._protocol import MeasureConfig, RunResult, median
+from hwnas.latency._protocol import MeasureConfig, RunResult
 from hwnas.latency._runner import RPCRunner, RunInput, Runner, TorchRunner, TVMLocalRunner, check_tracker
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import ModelConfig
@@ -41,10 +41,19 @@ class MeasurementRecord:
     result: RunResult
 
     def sample(self) -> Sample:
-        if self.result.encoder_ms is None or self.result.decoder_step_ms is None:
+        """The record's two parts (the fastest pass's medians, `RunResult.parts_ms`), for the predictors."""
+        if not self.result.ok:
             raise ValueError("a failed measurement has no sample")
-        return Sample(self.subnet, median(self.result.encoder_ms), median(self.result.decoder_step_ms),
-                      self.protocol.decode_steps)
+        enc, dec = self.result.parts_ms(self.protocol.decode_steps, self.protocol.passes)
+        return Sample(self.subnet, enc, dec, self.protocol.decode_steps)
+
+    def latency_ms(self) -> float:
+        """The record's sentence latency under its own protocol (decode steps and passes)."""
+        return self.result.latency_ms(self.protocol.decode_steps, self.protocol.passes)
+
+    def latency_cv(self) -> float:
+        """The record's noise figure under its own protocol (see `RunResult.latency_cv`)."""
+        return self.result.latency_cv(self.protocol.passes, decode_steps=self.protocol.decode_steps)
 
 
 class MeasurementStore(abc.ABC):

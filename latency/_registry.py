@@ -92,7 +92,7 @@ class SQLMeasurementStore(MeasurementStore):
         if record.device not in self._device_ids:
             self._device_ids[record.device] = self.devices.row_id(self.devices.get(record.device))
         device_id = self._device_ids[record.device]
-        r, steps = record.result, record.protocol.decode_steps
+        r = record.result
         with self.db.session() as s:
             s.add(MeasurementRow(
                 device_id=device_id, space=record.space, subnet_key=record.subnet.key(),
@@ -100,7 +100,8 @@ class SQLMeasurementStore(MeasurementStore):
                 tuning_key=record.tuning_key, status="ok" if r.ok else "error", error=r.error,
                 encoder_ms=list(r.encoder_ms) if r.encoder_ms else None,
                 decoder_step_ms=list(r.decoder_step_ms) if r.decoder_step_ms else None,
-                latency_ms=r.latency_ms(steps) if r.ok else None, latency_cv=r.latency_cv() if r.ok else None))
+                latency_ms=record.latency_ms() if r.ok else None,
+                latency_cv=record.latency_cv() if r.ok else None))
 
     def records(self, *, device: str, space: str, protocol_key: str | None = None,
                 tuning_key: str | None = None) -> list[MeasurementRecord]:

@@ -6,6 +6,12 @@
 
 Every measurement happens in a worker process under a timeout, so a crash or a hang costs
 one record, never the batch.
+
+With `MeasureConfig.passes > 1` the local runners interleave the batch: one worker process
+keeps every subnet of the `run` call loaded and times pass 1 of each, then pass 2 of each,
+... (one worker call, and one timeout, per subnet and pass), so a slow spell of a shared CPU
+lands on all subnets of the batch rather than on one. The RPC runner times the passes of a
+subnet back to back (not interleaved).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import dataclasses
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,8 +76,21 @@ def _failed(error: str) -> RunResult:
     return RunResult(error=error[:2000])
 
 
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+
+
+# Worker-process state of an interleaved run: slot ("<run id>:<input index>") -> the loaded subnet.
+# It lives as long as the worker; a worker restarted after a timeout or crash reloads lazily.
+_LOADED: dict[str, Any] = {}
+
+
 class _PooledRunner(Runner):
-    """Runs `_measure(input, protocol)` of a subclass in a worker process, with a timeout per input."""
+    """Runs `_measure(input, protocol)` of a subclass in a worker process, with a timeout per input.
+
+    A subclass with a `_pass_job` interleaves the inputs when `protocol.passes > 1`: that job
+    times one pass of one input, keeping the input loaded in the worker between passes.
+    """
 
     def __init__(self, *, timeout_s: float = 300.0):
         self.timeout_s = timeout_s
@@ -78,29 +98,60 @@ class _PooledRunner(Runner):
     def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
         raise NotImplementedError
 
+    def _pass_job(self) -> Callable[..., tuple[list[float], list[float]]] | None:
+        """`job(slot, *self._args(item, protocol))` timing one pass of one input; None: no interleaving."""
+        return None
+
     def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
         return (item, protocol)
 
-    def run(self, inputs: Sequence[RunInput], protocol: MeasureConfig) -> list[RunResult]:
+    def _new_pool(self) -> Any:
         from tvm.support.popen_pool import PopenPoolExecutor
 
+        return PopenPoolExecutor(max_workers=1, timeout=self.timeout_s, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+
+    def run(self, inputs: Sequence[RunInput], protocol: MeasureConfig) -> list[RunResult]:
+        if protocol.passes > 1 and self._pass_job() is not None:
+            return self._run_interleaved(inputs, protocol)
         results: list[RunResult] = []
-
-        def new_pool() -> PopenPoolExecutor:
-            return PopenPoolExecutor(max_workers=1, timeout=self.timeout_s, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-
-        pool = new_pool()
+        pool = self._new_pool()
         for item in inputs:  # one at a time: concurrent timings would disturb each other
             try:
                 enc, dec = pool.submit(self._job(), *self._args(item, protocol)).result()
                 results.append(RunResult(encoder_ms=tuple(enc), decoder_step_ms=tuple(dec)))
             except TimeoutError:
                 results.append(_failed(f"measurement timed out after {self.timeout_s:.0f} s"))
-                pool = new_pool()
+                pool = self._new_pool()
             except Exception as e:  # the worker raised or died: this input failed, the batch goes on
-                results.append(_failed(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e) else ''}"))
+                results.append(_failed(_describe(e)))
         return results
+
+    def _run_interleaved(self, inputs: Sequence[RunInput], protocol: MeasureConfig) -> list[RunResult]:
+        """Pass 1 of every input, then pass 2 of every input, ...; an input that fails stops there, alone."""
+        job, run_id, n = self._pass_job(), uuid.uuid4().hex, len(inputs)
+        enc: list[list[float]] = [[] for _ in range(n)]
+        dec: list[list[float]] = [[] for _ in range(n)]
+        errors: list[str | None] = [None] * n
+        pool = self._new_pool()  # one worker for the whole run: it keeps the inputs loaded
+        try:
+            for p in range(protocol.passes):
+                for i, item in enumerate(inputs):
+                    if errors[i] is not None:
+                        continue
+                    where = f"pass {p + 1}/{protocol.passes}"
+                    try:
+                        e, d = pool.submit(job, f"{run_id}:{i}", *self._args(item, protocol)).result()
+                        enc[i] += e
+                        dec[i] += d
+                    except TimeoutError:  # the worker was killed; the next call starts (and reloads) anew
+                        errors[i] = f"{where}: measurement timed out after {self.timeout_s:.0f} s"
+                    except Exception as ex:  # the worker raised or died: this input failed, the batch goes on
+                        errors[i] = f"{where}: {_describe(ex)}"
+        finally:
+            pool.shutdown(wait=True)
+        return [_failed(err) if err is not None else RunResult(encoder_ms=tuple(e), decoder_step_ms=tuple(d))
+                for e, d, err in zip(enc, dec, errors, strict=True)]
 
 
 def _tvm_device(target: dict[str, Any]) -> Any:
@@ -144,9 +195,8 @@ def _load_cuda_runtime(arch: str) -> None:
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", nvcc_compile, override=True)
 
 
-def _time_tvm(vm: Any, dev: Any, meta: dict[str, Any], protocol: MeasureConfig,
-              to_device: Callable[[Any], Any]) -> tuple[list[float], list[float]]:
-    """Time both functions of a loaded Relax VM with TVM's on-device timer."""
+def _tvm_inputs(meta: dict[str, Any], to_device: Callable[[Any], Any]) -> dict[str, list[Any]]:
+    """The timing inputs of both functions, on the device."""
     from hwnas.kernels._graphs import input_specs, random_inputs
     from hwnas.search_spaces import SubnetConfig
     from hwnas.supernet import ModelConfig
@@ -154,18 +204,38 @@ def _time_tvm(vm: Any, dev: Any, meta: dict[str, Any], protocol: MeasureConfig,
     cfg, mc = SubnetConfig.from_dict(meta["subnet"]), ModelConfig(**meta["model_config"])
     specs = input_specs(cfg, mc, batch=meta["batch"], src_len=meta["source_length_tokens"],
                         cache_len=meta["cache_len"])
+    return {name: [to_device(a) for a in random_inputs(specs[name], vocab_size=mc.vocab_size)]
+            for name in (ENCODER, DECODER_STEP)}
+
+
+def _time_tvm_pass(vm: Any, dev: Any, inputs: dict[str, list[Any]],
+                   protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+    """One pass: warm-up, then `runs_per_pass` runs of each function with TVM's on-device timer."""
     out = []
     for name in (ENCODER, DECODER_STEP):
-        args = [to_device(a) for a in random_inputs(specs[name], vocab_size=mc.vocab_size)]
+        args = inputs[name]
         for _ in range(protocol.warmup_runs):
             vm[name](*args)
-        timer = vm.time_evaluator(name, dev, number=protocol.number, repeat=protocol.timed_runs,
+        timer = vm.time_evaluator(name, dev, number=protocol.number, repeat=protocol.runs_per_pass,
                                   cooldown_interval_ms=protocol.cooldown_ms)
         out.append([t * 1e3 for t in timer(*args).results])
     return out[0], out[1]
 
 
-def _measure_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+def _time_tvm(vm: Any, dev: Any, meta: dict[str, Any], protocol: MeasureConfig,
+              to_device: Callable[[Any], Any]) -> tuple[list[float], list[float]]:
+    """Time both functions of a loaded Relax VM with TVM's on-device timer, the passes back to back."""
+    inputs = _tvm_inputs(meta, to_device)
+    enc: list[float] = []
+    dec: list[float] = []
+    for _ in range(protocol.passes):
+        e, d = _time_tvm_pass(vm, dev, inputs, protocol)
+        enc += e
+        dec += d
+    return enc, dec
+
+
+def _load_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[Any, Any, dict[str, Any]]:
     import tvm
     from tvm.runtime.vm import VirtualMachine  # runtime only: works where the compiler is absent
 
@@ -174,8 +244,25 @@ def _measure_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[list[flo
         tvm.get_global_func("runtime.config_threadpool")(1, protocol.threads)
     dev = _tvm_device(meta["target"])  # before loading: it may register the CUDA loader
     lib = tvm.runtime.load_module(str(Path(artifact) / meta["library"]))
-    vm = VirtualMachine(lib, dev)
+    return VirtualMachine(lib, dev), dev, meta
+
+
+def _measure_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+    import tvm
+
+    vm, dev, meta = _load_tvm_local(artifact, protocol)
     return _time_tvm(vm, dev, meta, protocol, lambda a: tvm.runtime.tensor(a, device=dev))
+
+
+def _tvm_local_pass(slot: str, artifact: str, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+    """One pass of an interleaved run; the library stays loaded in this worker under `slot`."""
+    import tvm
+
+    if slot not in _LOADED:
+        vm, dev, meta = _load_tvm_local(artifact, protocol)
+        _LOADED[slot] = (vm, dev, _tvm_inputs(meta, lambda a: tvm.runtime.tensor(a, device=dev)))
+    vm, dev, inputs = _LOADED[slot]
+    return _time_tvm_pass(vm, dev, inputs, protocol)
 
 
 class TVMLocalRunner(_PooledRunner):
@@ -186,13 +273,17 @@ class TVMLocalRunner(_PooledRunner):
     def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
         return _measure_tvm_local
 
+    def _pass_job(self) -> Callable[..., tuple[list[float], list[float]]]:
+        return _tvm_local_pass
+
     def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
         if item.artifact is None:
             raise ValueError("TVMLocalRunner needs built artifacts (RunInput.artifact)")
         return (item.artifact, protocol)
 
 
-def _measure_torch(build: BuildInput, protocol: MeasureConfig, device: str) -> tuple[list[float], list[float]]:
+def _load_torch(build: BuildInput, protocol: MeasureConfig, device: str) -> tuple[list[Any], Callable[[], None]]:
+    """The encoder and decoder-step graphs with their inputs on `device`, and the device's sync."""
     import torch
 
     from hwnas.kernels._build import subnet_model
@@ -205,13 +296,44 @@ def _measure_torch(build: BuildInput, protocol: MeasureConfig, device: str) -> t
                                      cache_len=build.cache_len)
     model = model.to(device)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with torch.inference_mode():
+        graphs = [(graph, tuple(a.to(device) for a in args))
+                  for graph, args in ((EncoderGraph(model), enc_in), (DecoderStepGraph(model), step_in))]
+    return graphs, sync
+
+
+def _time_torch_pass(graphs: list[Any], sync: Callable[[], None],
+                     protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+    """One pass: warm-up, then `runs_per_pass` timed runs of each graph."""
+    import torch
+
     out = []
     with torch.inference_mode():
-        for graph, args in ((EncoderGraph(model), enc_in), (DecoderStepGraph(model), step_in)):
-            args = tuple(a.to(device) for a in args)
-            out.append(time_calls(lambda g=graph, a=args: g(*a), warmup=protocol.warmup_runs, runs=protocol.timed_runs,
-                                  number=protocol.number, sync=sync, cooldown_ms=protocol.cooldown_ms))
+        for graph, args in graphs:
+            out.append(time_calls(lambda g=graph, a=args: g(*a), warmup=protocol.warmup_runs,
+                                  runs=protocol.runs_per_pass, number=protocol.number, sync=sync,
+                                  cooldown_ms=protocol.cooldown_ms))
     return out[0], out[1]
+
+
+def _measure_torch(build: BuildInput, protocol: MeasureConfig, device: str) -> tuple[list[float], list[float]]:
+    graphs, sync = _load_torch(build, protocol, device)
+    enc: list[float] = []
+    dec: list[float] = []
+    for _ in range(protocol.passes):
+        e, d = _time_torch_pass(graphs, sync, protocol)
+        enc += e
+        dec += d
+    return enc, dec
+
+
+def _torch_pass(slot: str, build: BuildInput, protocol: MeasureConfig,
+                device: str) -> tuple[list[float], list[float]]:
+    """One pass of an interleaved run; the model stays loaded in this worker under `slot`."""
+    if slot not in _LOADED:
+        _LOADED[slot] = _load_torch(build, protocol, device)
+    graphs, sync = _LOADED[slot]
+    return _time_torch_pass(graphs, sync, protocol)
 
 
 class TorchRunner(_PooledRunner):
@@ -225,6 +347,9 @@ class TorchRunner(_PooledRunner):
 
     def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
         return _measure_torch
+
+    def _pass_job(self) -> Callable[..., tuple[list[float], list[float]]]:
+        return _torch_pass
 
     def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
         return (item.build, protocol, self.device)

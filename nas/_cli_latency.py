@@ -102,11 +102,10 @@ def latency_measure(
     if not rec.result.ok:
         raise typer.Exit(code=_fail(f"measurement failed: {rec.result.error}"))
     r, steps = rec.result, rec.protocol.decode_steps
-    from hwnas.latency import median
-
-    console.print(f"{dev.name} ({'tuned' if use else 'untuned'}): {r.latency_ms(steps):.3f} ms = encoder "
-                  f"{median(r.encoder_ms or ()):.3f} + {steps} x step {median(r.decoder_step_ms or ()):.4f}  "
-                  f"(CV {100 * r.latency_cv():.1f}%, {len(r.encoder_ms or ())} runs)")
+    enc, dec = r.parts_ms(steps, rec.protocol.passes)
+    console.print(f"{dev.name} ({'tuned' if use else 'untuned'}): {rec.latency_ms():.3f} ms = encoder "
+                  f"{enc:.3f} + {steps} x step {dec:.4f}  "
+                  f"(CV {100 * rec.latency_cv():.1f}%, {len(r.encoder_ms or ())} runs)")
 
 
 @devices_app.command("serve")

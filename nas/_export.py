@@ -132,8 +132,20 @@ class LatencyCertificate:
         """Decoder steps per sentence (and cache slots) of the protocol."""
         return int(self.protocol["decode_steps"])
 
+    def _runs(self) -> tuple[np.ndarray, np.ndarray]:
+        """The runs the figures come from: all of them, or the quietest pass of a multi-pass protocol
+        (the same runs `RunResult.latency_ms` takes its figure from)."""
+        from hwnas.latency._protocol import RunResult, split_passes
+
+        passes = int(self.protocol.get("passes", 1))
+        if passes == 1:
+            return np.asarray(self.encoder_ms), np.asarray(self.decoder_step_ms)
+        best = RunResult(self.encoder_ms, self.decoder_step_ms).best_pass(self.decode_steps, passes)
+        return (np.asarray(split_passes(self.encoder_ms, passes)[best]),
+                np.asarray(split_passes(self.decoder_step_ms, passes)[best]))
+
     def _combined(self, q: float) -> float:
-        enc, dec = np.asarray(self.encoder_ms), np.asarray(self.decoder_step_ms)
+        enc, dec = self._runs()
         return float(np.percentile(enc, q) + self.decode_steps * np.percentile(dec, q))
 
     @property
@@ -156,7 +168,8 @@ class LatencyCertificate:
         """Noise of the measurement: the larger coefficient of variation (std/mean) of its two parts."""
         from hwnas.latency._protocol import cv
 
-        return max(cv(self.encoder_ms), cv(self.decoder_step_ms))
+        enc, dec = self._runs()
+        return max(cv(enc), cv(dec))
 
     def derived(self) -> dict[str, float]:
         """The figures derived from the raw runs, by name (as `to_dict` writes them)."""

@@ -272,6 +272,21 @@ def test_certificate_figures_and_round_trip(measured: tuple[MeasurementRecord, D
         LatencyCertificate.from_dict({k: v for k, v in json.loads(text).items() if k != "encoder_ms"})
 
 
+def test_certificate_of_a_multi_pass_record_uses_the_quietest_pass(
+        measured: tuple[MeasurementRecord, DeviceProfile]) -> None:
+    """With `passes` > 1 the certificate's figures come from the same runs as the record's latency."""
+    record, device = measured
+    enc, dec = list(record.result.encoder_ms or ()), list(record.result.decoder_step_ms or ())
+    slow = [t * 3 for t in enc[:5]], [t * 3 for t in dec[:5]]  # a contended first pass (stand-in slowdown)
+    two = dataclasses.replace(record, protocol=dataclasses.replace(record.protocol, timed_runs=10, passes=2),
+                              result=RunResult(tuple(slow[0] + enc[5:10]), tuple(slow[1] + dec[5:10])))
+    cert = LatencyCertificate.from_record(two, device)
+    steps = record.protocol.decode_steps
+    assert cert.latency_ms == pytest.approx(two.result.latency_ms(steps, 2), rel=1e-12)
+    assert cert.latency_ms == pytest.approx(np.median(enc[5:10]) + steps * np.median(dec[5:10]), rel=1e-12)
+    assert cert.latency_p90_ms < np.percentile(slow[0], 90) + steps * np.percentile(slow[1], 90)
+
+
 def test_certificate_refuses_failed_or_foreign_records(measured: tuple[MeasurementRecord, DeviceProfile]) -> None:
     record, device = measured
     failed = dataclasses.replace(record, result=RunResult(error="worker died"))
