@@ -59,6 +59,14 @@ class DeviceProfile:
         return cls(**{**data, "protocol": MeasureConfig.from_dict(data.get("protocol") or {})})
 
 
+def measure_config(**fields: Any) -> MeasureConfig:
+    """A protocol from user input (CLI, API): an invalid combination is one MeasurementError line."""
+    try:
+        return MeasureConfig(**fields)
+    except ValueError as e:
+        raise MeasurementError(f"measurement protocol: {e}") from None
+
+
 def protocol_for(device: DeviceProfile, space: Any) -> MeasureConfig:
     """The device's protocol with the space's sentence length (HAT: 30 tokens for WMT, 23 for IWSLT),
     decoding as many steps as the source has tokens."""

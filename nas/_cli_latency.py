@@ -156,11 +156,14 @@ def devices_add(
     runtime: Annotated[str, typer.Option(help="tvm or torch")] = "tvm",
     tracker: Annotated[str | None, typer.Option(help="HOST:PORT of the RPC tracker (remote devices)")] = None,
     key: Annotated[str | None, typer.Option(help="RPC device key (remote devices)")] = None,
+    timed_runs: Annotated[int, typer.Option(min=20, help="Timed runs per measurement")] = 100,
+    passes: Annotated[int, typer.Option(min=1, help="Split the timed runs into this many passes, interleaved "
+                                                    "across a batch's subnets; latency = the fastest pass")] = 1,
 ) -> None:
     """Register a device; remote ones join a tracker with `hwnas devices serve`."""
     from hwnas.exceptions import MeasurementError
     from hwnas.kernels import make_target
-    from hwnas.latency._devices import DeviceProfile
+    from hwnas.latency._devices import DeviceProfile, measure_config
     from hwnas.latency._registry import DeviceRegistry
 
     try:
@@ -169,7 +172,8 @@ def devices_add(
         raise MeasurementError(f"--target is not valid JSON: {e}") from e
     make_target(target_dict)  # reject a bad target now, not at the first measurement
     profile = DeviceProfile(name=name, kind=kind, target=target_dict, runtime=runtime,
-                            location="rpc" if tracker or key else "local", tracker=tracker, rpc_key=key)
+                            location="rpc" if tracker or key else "local", tracker=tracker, rpc_key=key,
+                            protocol=measure_config(timed_runs=timed_runs, passes=passes))
     DeviceRegistry(_db()).add(profile)
     console.print(f"added device '{name}'")
 

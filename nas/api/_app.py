@@ -335,13 +335,14 @@ def _routes(app: FastAPI) -> None:
     def add_device(body: DeviceCreate, user: User, db: DB) -> DeviceOut:
         """Register a device; remote ones join a TVM RPC tracker with `hwnas devices serve`."""
         from hwnas.kernels import make_target
-        from hwnas.latency._devices import DeviceProfile
+        from hwnas.latency._devices import DeviceProfile, measure_config
         from hwnas.latency._registry import DeviceRegistry
 
         make_target(body.target)  # a bad target is refused now, not at the first measurement
         profile = DeviceProfile(name=body.name, kind=body.kind, target=body.target, runtime=body.runtime,
                                 location="rpc" if body.tracker or body.key else "local", tracker=body.tracker,
-                                rpc_key=body.key)
+                                rpc_key=body.key, protocol=measure_config(timed_runs=body.timed_runs,
+                                                                          passes=body.passes))
         return svc.device_out(DeviceRegistry(db).add(profile))
 
     @app.get("/devices/{name}", response_model=DeviceProfileOut, tags=["devices"], responses=_NOT_FOUND)

@@ -215,6 +215,11 @@ def test_devices_list_add_and_profile(client: TestClient, auth: Auth, budget_ms:
     bad = client.post("/devices", json={**pi, "name": "bad", "target": {"kind": "no-such-target"}}, headers=headers)
     assert bad.status_code == 422 and "target" in bad.json()["detail"]
     assert client.post("/devices", json={**pi, "name": "x y"}, headers=headers).status_code == 422
+    r = client.post("/devices", json={**pi, "name": "rpi4-5p", "passes": 5}, headers=headers)
+    assert r.status_code == 201
+    assert client.get("/devices/rpi4-5p", headers=headers).json()["protocol"]["passes"] == 5
+    r = client.post("/devices", json={**pi, "name": "rpi4-3p", "passes": 3}, headers=headers)
+    assert r.status_code == 422 and "multiple of passes" in r.json()["detail"]
     profile = client.get(f"/devices/{DEVICE}", headers=headers).json()
     assert profile["fingerprint"]["cores"] >= 1 and profile["protocol"]["timed_runs"] >= 20
     assert [(p["kind"], p["version"], p["metrics"]["mape"]) for p in profile["predictors"]] == [("layerwise", 1, 0.05)]

@@ -26,11 +26,12 @@ def space_file(tmp_path: Path) -> Path:
 def test_device_lifecycle(home: Path) -> None:
     target = '{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72"}'
     r = hwnas("devices", "add", "rpi4", "--kind", "iot", "--target", target, "--tracker", "127.0.0.1:1", "--key",
-              "rpi4", home=home)
+              "rpi4", "--timed-runs", "60", "--passes", "3", home=home)
     assert r.returncode == 0, r.stderr
     assert "rpi4" in hwnas("devices", "list", home=home).stdout
     shown = json.loads(hwnas("devices", "show", "rpi4", home=home).stdout)
     assert shown["target"]["mcpu"] == "cortex-a72" and shown["location"] == "rpc" and shown["predictors"] == []
+    assert (shown["protocol"]["timed_runs"], shown["protocol"]["passes"]) == (60, 3)
     assert_clean_error(hwnas("devices", "add", "rpi4", "--kind", "iot", "--target", target, "--tracker",
                              "127.0.0.1:1", "--key", "rpi4", home=home), "already exists")
     assert_clean_error(hwnas("latency", "measure", "--device", "rpi4", "--subnet", "smallest", home=home),
@@ -46,6 +47,7 @@ def test_device_lifecycle(home: Path) -> None:
         (["--kind", "cpu", "--target", '{"kind": "llvm", "mcpu": "pentium9"}'], "LLVM knows no CPU 'pentium9'"),
         (["--kind", "tpu", "--target", '{"kind": "llvm"}'], "kind 'tpu' is not one of cpu, gpu, iot"),
         (["--kind", "iot", "--target", '{"kind": "llvm"}', "--key", "k"], "an rpc device needs --tracker"),
+        (["--kind", "cpu", "--target", '{"kind": "llvm"}', "--passes", "3"], "must be a multiple of passes"),
     ],
 )
 def test_bad_device_definitions(home: Path, args: list[str], fragment: str) -> None:
