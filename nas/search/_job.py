@@ -236,10 +236,13 @@ def front(db: Database, job_id: int) -> list[FrontMember]:
 # ------------------------------------------------------------------------------------------------- running
 
 def _set(db: Database, job_id: int, **values: Any) -> str:
-    """Update the job row; returns its status as it was (a concurrent cancel shows up here)."""
+    """Update the job row, if this process still holds its lease; returns its status as it was (a concurrent
+    cancel shows up here). A runner that lost the job to another one leaves the row to it."""
     with db.session() as s:
         job = s.get_one(SearchJob, job_id)
         before = job.status
+        if job.lease_owner != runner_id():
+            return before
         if before == "cancelled" and values.get("status") not in (None, "cancelled"):
             values.pop("status")
         for k, v in values.items():
@@ -399,6 +402,8 @@ def _search(db: Database, job_id: int, spec: SearchSpec, evaluator: Evaluator, p
                         task: Any = cand_task) -> None:
                 cfg = todo[i]
                 with db.session() as s:
+                    # lease first: a runner that lost the job must not write (nor collide with) the new one's rows
+                    _renew(s.get_one(SearchJob, job_id))
                     s.add(Candidate(job_id=job_id, subnet_key=cfg.key(), subnet=cfg.to_dict(), generation=index,
                                     loss=score.valid_loss if score.valid_loss is None or math.isfinite(
                                         score.valid_loss) else None,
@@ -406,7 +411,6 @@ def _search(db: Database, job_id: int, spec: SearchSpec, evaluator: Evaluator, p
                                     predicted_latency_ms=float(lat[i]), params=count_params(cfg, mc),
                                     flops=count_flops(cfg, mc, source_len=n_src, target_len=n_src),
                                     eval_s=score.eval_s))
-                    _renew(s.get_one(SearchJob, job_id))
                 stored[cfg] = score
                 bar.update(task, advance=1)
 

@@ -19,7 +19,7 @@ from hwnas.api._service import create_owned_job
 from hwnas.cli import default_checkpoint
 from hwnas.db import Database
 from hwnas.db._models import Candidate, Export, SearchJob
-from hwnas.search import FitnessConfig, LocalEvaluator, get_job, run_job
+from hwnas.search import FitnessConfig, LocalEvaluator, candidates, get_job, run_job
 from hwnas.search._job import JobBusyError, lease_free, runner_id
 from tests.api.conftest import DEVICE, RecordingLauncher
 
@@ -84,6 +84,7 @@ def test_a_runner_that_lost_its_lease_stops(db: Database, home: Path, budget_ms:
                                               threads=1), progress=False)
     info = get_job(db, job_id)
     assert info.lease_owner == "other-host:1" and info.status == "running"  # left to the new holder
+    assert candidates(db, job_id) == []  # nothing written after the lease was lost
 
 
 def test_reconcile_starts_resumes_and_fails(db: Database, home: Path, budget_ms: float) -> None:
