@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shlex
 import socket
 import subprocess
@@ -58,8 +59,17 @@ class ClusterInfo:
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on now (from the ephemeral range: above Ray's worker port ranges)."""
-    with socket.socket() as s:
+    """A TCP port nobody listens on now, from 30000-32767: above Ray's worker port ranges and below the
+    kernel's ephemeral range, so Ray's own outgoing connections cannot take it before the part binds it."""
+    for _ in range(200):
+        port = random.randint(30000, 32767)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # all taken (unlikely): let the kernel pick
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
