@@ -153,7 +153,7 @@ def passes_mode(args: argparse.Namespace) -> None:
                      f"  {np.mean(c['wall_s_per_session']):.1f} s/session")
         print(line)
     print(f"passes={args.passes} / passes=1 latency (median over sessions): {np.round(ratio, 3)}")
-    path = RESULTS / f"noise-passes-{device.name}.json"
+    path = RESULTS / f"noise-passes-{device.name}{'-tuned' if tdir else ''}.json"
     report = {"benchmark": "noise-passes", "device": device.name, "runtime": device.runtime,
               "fingerprint": device.fingerprint, "space": space.name, "tuned": tdir is not None,
               "subnets": dict(zip(names, (c.to_dict() for c in cfgs), strict=True)), "sessions": args.sessions,

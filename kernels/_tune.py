@@ -155,16 +155,19 @@ def tune_space(*, space: SearchSpace, mc: ModelConfig, target: dict[str, Any], w
     _import_tensor_intrinsics()
     t0 = time.perf_counter()
     extracted = extract_space_tasks(space, mc, target, decode_steps=decode_steps)
-    # Heaviest first (calls x FLOPs): the scheduler's warm-up round visits tasks in order, and a small
-    # budget should land on the decoder-step matmuls that dominate latency.
-    tunable = sorted(((t, w) for t, w in extracted if _has_search_space(t)), key=lambda tw: -tw[1] * _flops(tw[0]))
+    database = ms.database.JSONDatabase(work_dir=str(work))
+    # The scheduler's warm-up round visits tasks in order, one round of trials each, and a new run starts
+    # that round again: so tasks the database has no record of come first (a resumed run goes on where the
+    # last one stopped instead of re-tuning its first tasks), then heaviest first (calls x FLOPs), so a
+    # small budget lands on the decoder-step matmuls that dominate latency.
+    tunable = sorted(((t, w) for t, w in extracted if _has_search_space(t)),
+                     key=lambda tw: (_tuned(database, tw[0]), -tw[1] * _flops(tw[0])))
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         extracted_tasks=[t for t, _ in tunable], work_dir=str(work), seed=seed)
     builder = ms.builder.LocalBuilder(f_build=_fast_build, timeout_sec=builder_timeout_s,
                                       max_workers=max(1, (os.cpu_count() or 2) // 2))
     runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
         number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False))
-    database = ms.database.JSONDatabase(work_dir=str(work))
     if trials > 0:
         ms.tune_tasks(tasks=contexts, task_weights=[w for _, w in tunable], work_dir=str(work),
                       max_trials_global=trials, num_trials_per_iter=num_trials_per_iter, builder=builder,
@@ -185,6 +188,12 @@ def _flops(task: Any) -> float:
         return float(estimate_tir_flops(task.dispatched[0]))
     except Exception:  # analysis can fail on exotic blocks: count them as unknown (-1)
         return -1.0
+
+
+def _tuned(database: Any, task: Any) -> bool:
+    """Whether the database holds a measured schedule for the task's workload."""
+    mod = task.dispatched[0]
+    return bool(database.has_workload(mod) and database.get_top_k(database.commit_workload(mod), 1))
 
 
 def _has_search_space(task: Any) -> bool:

@@ -157,22 +157,35 @@ class HatMLPPredictor(LatencyPredictor):
 class LayerwisePredictor(LatencyPredictor):
     """Ours: latency is a sum over layers of per-operator-family costs, fitted on the measured parts.
 
-    encoder_ms = c[e] + sum over layers of ffn[e, f_i] + attn[e, h_i];
+    encoder_ms = c[e] + sum over encoder layers of ffn[e, f_i] + attn[e, h_i]
+                 + sum over decoder layers of kv[e, a_j];
     decoder_step_ms = c[d] + sum over layers of ffn[d, f_i] + self_attn[d, h_i] + cross_attn[d, eh_i, a_i].
-    Each coefficient is one operator-shape family (a tuned kernel), so a few dozen parameters
-    explain the space and a few hundred samples fit it; weighted least squares minimizes
-    relative error.
+    The encoder graph also projects every decoder layer's cross-attention keys and values from
+    its last a_j encoder states (`kernels._graphs.EncoderGraph`), hence the kv terms
+    (`features=2`; version 1 lacked them and stays loadable). Each coefficient is one
+    operator-shape family (a tuned kernel), so a few dozen parameters explain the space and a
+    few hundred samples fit it; weighted least squares minimizes relative error.
     """
 
     kind = "layerwise"
+    FEATURES = 2  # the feature set new fits use; stored with each predictor
 
-    def __init__(self, space: SearchSpace, decode_steps: int, *, ridge: float = 1e-6):
+    def __init__(self, space: SearchSpace, decode_steps: int, *, ridge: float = 1e-6, features: int = FEATURES):
         super().__init__(space, decode_steps)
         self.ridge = ridge
-        s = space
+        self._set_columns(features)
+        self._enc_coef = np.zeros(0)
+        self._dec_coef = np.zeros(0)
+
+    def _set_columns(self, features: int) -> None:
+        if features not in (1, 2):
+            raise ValueError(f"layerwise feature set {features} is unknown (1 or 2)")
+        s, self.features = self.space, features
         self._enc_cols = [("embed", e) for e in s.encoder_embed_dim]
         self._enc_cols += [("ffn", e, f) for e in s.encoder_embed_dim for f in s.encoder_ffn_embed_dim]
         self._enc_cols += [("attn", e, h) for e in s.encoder_embed_dim for h in s.encoder_self_attention_heads]
+        if features >= 2:
+            self._enc_cols += [("kv", e, a) for e in s.encoder_embed_dim for a in s.decoder_arbitrary_ende_attn]
         self._dec_cols = [("embed", d) for d in s.decoder_embed_dim]
         self._dec_cols += [("ffn", d, f) for d in s.decoder_embed_dim for f in s.decoder_ffn_embed_dim]
         self._dec_cols += [("self", d, h) for d in s.decoder_embed_dim for h in s.decoder_self_attention_heads]
@@ -180,8 +193,6 @@ class LayerwisePredictor(LatencyPredictor):
                            for a in s.decoder_arbitrary_ende_attn]
         self._enc_index = {c: i for i, c in enumerate(self._enc_cols)}
         self._dec_index = {c: i for i, c in enumerate(self._dec_cols)}
-        self._enc_coef = np.zeros(0)
-        self._dec_coef = np.zeros(0)
 
     def _enc_x(self, cfg: SubnetConfig) -> np.ndarray:
         x, e, idx = np.zeros(len(self._enc_cols)), cfg.encoder_embed_dim, self._enc_index
@@ -189,6 +200,9 @@ class LayerwisePredictor(LatencyPredictor):
         for f, h in zip(cfg.encoder_ffn_embed_dim, cfg.encoder_self_attention_heads, strict=True):
             x[idx[("ffn", e, f)]] += 1.0
             x[idx[("attn", e, h)]] += 1.0
+        if self.features >= 2:
+            for a in cfg.decoder_arbitrary_ende_attn:
+                x[idx[("kv", e, a)]] += 1.0
         return x
 
     def _dec_x(self, cfg: SubnetConfig) -> np.ndarray:
@@ -215,7 +229,7 @@ class LayerwisePredictor(LatencyPredictor):
         return nnls(a, b, maxiter=50 * x.shape[1])[0]
 
     def fit(self, samples: Sequence[Sample], *, seed: int = 0) -> LayerwisePredictor:
-        out = LayerwisePredictor(self.space, self.decode_steps, ridge=self.ridge)
+        out = LayerwisePredictor(self.space, self.decode_steps, ridge=self.ridge, features=self.features)
         out._enc_coef = out._solve(np.stack([out._enc_x(s.subnet) for s in samples]),
                                    np.array([s.encoder_ms for s in samples]))
         out._dec_coef = out._solve(np.stack([out._dec_x(s.subnet) for s in samples]),
@@ -236,9 +250,11 @@ class LayerwisePredictor(LatencyPredictor):
         return enc + self.decode_steps * dec
 
     def _state(self) -> dict[str, Any]:
-        return {"enc_coef": self._enc_coef, "dec_coef": self._dec_coef, "ridge": self.ridge}
+        return {"enc_coef": self._enc_coef, "dec_coef": self._dec_coef, "ridge": self.ridge, "features": self.features}
 
     def _load_state(self, state: dict[str, Any]) -> None:
+        # Predictors saved before `features` existed used set 1; the columns follow the stored set.
+        self._set_columns(int(state.get("features", 1)))
         self._enc_coef, self._dec_coef, self.ridge = state["enc_coef"], state["dec_coef"], float(state["ridge"])
 
 

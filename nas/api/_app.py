@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -20,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hwnas
 from hwnas.api import _service as svc
-from hwnas.api._auth import AuthError, authenticate, hash_token
+from hwnas.api._auth import AuthError, TokenCache, user_for_token
 from hwnas.api._launch import Launcher, RayLauncher, reconcile
 from hwnas.api._schemas import (
     CandidateOut,
@@ -160,34 +159,11 @@ async def db_of(request: Request) -> Database:  # async: no threadpool hop for a
     return request.app.state.db
 
 
-class TokenCache:
-    """token SHA-256 -> (user, until): a status poll costs no token query. A revoked token keeps working for
-    at most `ttl_s` seconds on an API process that saw it just before."""
-
-    def __init__(self, ttl_s: float = 10.0, max_entries: int = 10_000):
-        self.ttl_s, self.max_entries = ttl_s, max_entries
-        self._entries: dict[str, tuple[str, float]] = {}
-
-    def get(self, token: str) -> str | None:
-        hit = self._entries.get(hash_token(token))
-        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
-
-    def put(self, token: str, user: str) -> None:
-        if len(self._entries) >= self.max_entries:  # bounded: forget everything rather than grow
-            self._entries.clear()
-        self._entries[hash_token(token)] = (user, time.monotonic() + self.ttl_s)
-
-
 async def current_user(request: Request,
                        cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     if cred is None:
         raise AuthError("missing bearer token (Authorization: Bearer <token>)")
-    cache: TokenCache = request.app.state.tokens
-    user = cache.get(cred.credentials)
-    if user is None:
-        user = await run_in_threadpool(authenticate, request.app.state.db, cred.credentials)
-        cache.put(cred.credentials, user)
-    return user
+    return await user_for_token(request.app.state.db, request.app.state.tokens, cred.credentials)
 
 
 User = Annotated[str, Depends(current_user)]

@@ -7,6 +7,7 @@ import datetime as dt
 import hashlib
 import re
 import secrets
+import time
 
 from sqlalchemy import select
 
@@ -92,3 +93,32 @@ def authenticate(db: Database, token: str) -> str:
         if tok.last_used_at is None or now - tok.last_used_at > _TOUCH_EVERY:
             tok.last_used_at = now
         return name
+
+
+class TokenCache:
+    """token SHA-256 -> (user, until): a status poll costs no token query. A revoked token keeps working for
+    at most `ttl_s` seconds on an API process that saw it just before."""
+
+    def __init__(self, ttl_s: float = 10.0, max_entries: int = 10_000):
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: dict[str, tuple[str, float]] = {}
+
+    def get(self, token: str) -> str | None:
+        hit = self._entries.get(hash_token(token))
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    def put(self, token: str, user: str) -> None:
+        if len(self._entries) >= self.max_entries:  # bounded: forget everything rather than grow
+            self._entries.clear()
+        self._entries[hash_token(token)] = (user, time.monotonic() + self.ttl_s)
+
+
+async def user_for_token(db: Database, cache: TokenCache, token: str) -> str:
+    """`authenticate` behind the cache, off the event loop; the one token check of the API and the dashboard."""
+    from fastapi.concurrency import run_in_threadpool
+
+    user = cache.get(token)
+    if user is None:
+        user = await run_in_threadpool(authenticate, db, token)
+        cache.put(token, user)
+    return user

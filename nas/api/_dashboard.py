@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from hwnas.api import _service as svc
-from hwnas.api._auth import AuthError, authenticate
+from hwnas.api._auth import AuthError, authenticate, user_for_token
 from hwnas.api._schemas import JobOut
 from hwnas.db import Database
 from hwnas.db._models import JOB_STATUSES
@@ -88,13 +88,13 @@ def _to_login() -> HTTPException:
     return HTTPException(303, "log in first", headers={"Location": "/ui/login", **_HEADERS})
 
 
-def cookie_user(request: Request) -> str:
+async def cookie_user(request: Request) -> str:
     """The user whose token the dashboard cookie holds; no or a bad cookie -> redirect to the login form."""
     token = request.cookies.get(COOKIE)
     if not token or len(token) > 512:
         raise _to_login()
     try:
-        return authenticate(_db(request), token)
+        return await user_for_token(_db(request), request.app.state.tokens, token)
     except AuthError:
         raise _to_login() from None
 

@@ -69,11 +69,11 @@ def test_tokens_are_stored_hashed_and_can_be_revoked(client: TestClient, db: Dat
 
 
 def test_token_cache_forgets_after_its_ttl(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hwnas.api import _app
+    from hwnas.api import _auth
 
     clock = [100.0]
-    monkeypatch.setattr(_app.time, "monotonic", lambda: clock[0])
-    cache = _app.TokenCache(ttl_s=10, max_entries=2)
+    monkeypatch.setattr(_auth.time, "monotonic", lambda: clock[0])
+    cache = _auth.TokenCache(ttl_s=10, max_entries=2)
     cache.put("hwnas_a", "alice")
     assert cache.get("hwnas_a") == "alice" and cache.get("hwnas_b") is None
     clock[0] += 10.5

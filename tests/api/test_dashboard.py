@@ -11,8 +11,6 @@ import dataclasses
 import datetime as dt
 import io
 import os
-import socket
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -22,33 +20,20 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
-from hwnas.api import Launcher, ServiceSettings, create_app, create_token, create_user
+from hwnas.api import ServiceSettings, create_app, create_token, create_user
 from hwnas.db import Database
 from hwnas.db._models import Candidate, Export, Measurement, ParetoMember, Predictor, SearchJob
 from hwnas.latency._devices import builtin_devices
 from hwnas.latency._registry import DeviceRegistry
 from hwnas.search import SearchSpec
 from hwnas.search_spaces import get_space
+from tests.api.conftest import RecordingLauncher, live_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 REPO = Path(__file__).resolve().parents[2]
 BUDGET_MS = 18.0
 MAPE = 0.0432  # the stand-in predictor's held-out MAPE: the devices page shows it as 4.3%
-
-
-class RecordingLauncher(Launcher):
-    """Test double: records what the app asks to run; nothing ever runs (no Ray)."""
-
-    def __init__(self) -> None:
-        self.submitted: list[tuple[str, int]] = []
-
-    def submit(self, kind: str, id_: int) -> None:  # type: ignore[override]
-        self.submitted.append((kind, id_))
-
-    def alive(self, kind: str, id_: int) -> bool:  # type: ignore[override]
-        return False
 
 
 @dataclasses.dataclass
@@ -157,29 +142,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         token, ids = fill(db)
         app = create_app(settings=ServiceSettings(db_url=db.url, reconcile_every_s=3600),
                          launcher=RecordingLauncher())
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))  # the server takes this bound socket: no race for the port
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        base = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or not thread.is_alive():
-                    pytest.fail("the dashboard server did not come up")
-                time.sleep(0.1)
-            yield Site(base=base, token=token, **ids)
+            with live_server(app) as base:
+                yield Site(base=base, token=token, **ids)
         finally:
-            server.should_exit = True
-            thread.join(15)
-            sock.close()
             db.close()
 
 

@@ -24,10 +24,12 @@ STEPS = 6
 
 
 def stand_in_latency(cfg: SubnetConfig) -> tuple[float, float]:
-    """Test stand-in for a device: additive per-layer costs plus an interaction, in ms."""
+    """Test stand-in for a device: additive per-layer costs plus an interaction, in ms. Like the real encoder
+    graph, the encoder also projects each decoder layer's cross-attention keys/values (a x e)."""
     enc = 0.02 * cfg.encoder_embed_dim / 16 + sum(
         1e-3 * f * cfg.encoder_embed_dim / 256 + 0.004 * h for f, h in
         zip(cfg.encoder_ffn_embed_dim, cfg.encoder_self_attention_heads, strict=True))
+    enc += sum(0.01 * a * cfg.encoder_embed_dim / 64 for a in cfg.decoder_arbitrary_ende_attn)
     dec = 0.03 + sum(
         1e-3 * f * cfg.decoder_embed_dim / 256 + 0.003 * h + 0.002 * eh * a for f, h, eh, a in
         zip(cfg.decoder_ffn_embed_dim, cfg.decoder_self_attention_heads, cfg.decoder_ende_attention_heads,
@@ -83,6 +85,28 @@ def test_layerwise_beats_hat_features_on_heterogeneous_layers(tiny_space: Search
     measured = np.array([s.latency_ms for s in test])
     ours = accuracy(LayerwisePredictor(tiny_space, STEPS).fit(train).predict([s.subnet for s in test]), measured)
     assert ours["within_10pct"] >= 0.99 and ours["mape"] < 0.03
+
+
+def test_layerwise_encoder_pays_for_the_decoders_cross_attention_keys(tiny_space: SearchSpace) -> None:
+    """The encoder graph projects keys/values for every decoder layer: feature set 1 (no kv terms) cannot
+    explain that part of the encoder's time, set 2 can."""
+    train, test = samples(tiny_space, 400, seed=3), samples(tiny_space, 200, seed=4)
+    measured = np.array([s.encoder_ms for s in test])
+    subnets = [s.subnet for s in test]
+    errors = {}
+    for features in (1, 2):
+        enc, _ = LayerwisePredictor(tiny_space, STEPS, features=features).fit(train).predict_parts(subnets)
+        errors[features] = accuracy(enc, measured)["mape"]
+    assert errors[2] < 0.015 and errors[1] > 0.03  # set 2 sits at the stand-in's 1% noise
+
+
+
+def test_layerwise_feature_set_survives_a_round_trip(tiny_space: SearchSpace) -> None:
+    old = LayerwisePredictor(tiny_space, STEPS, features=1).fit(samples(tiny_space, 100, seed=0))
+    again = LatencyPredictor.from_bytes(old.to_bytes())
+    assert isinstance(again, LayerwisePredictor) and again.features == 1
+    with pytest.raises(ValueError, match="feature set 3"):
+        LayerwisePredictor(tiny_space, STEPS, features=3)
 
 
 def test_layerwise_costs_stay_non_negative_on_few_noisy_samples(tiny_space: SearchSpace) -> None:
