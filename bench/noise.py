@@ -17,6 +17,7 @@ bench/results/noise-passes-<device>.json.
 
     python bench/noise.py [--sessions 6]
     python bench/noise.py --mode passes [--device local-cpu] [--sessions 8] [--runs 100] [--passes 5]
+                          [--threads T] [--number K]
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def passes_mode(args: argparse.Namespace) -> None:
     device: DeviceProfile = get_device(args.device)
     space = get_space(args.space)
     base = dataclasses.replace(protocol_for(device, space), timed_runs=args.runs)
+    if args.threads is not None:
+        base = dataclasses.replace(base, threads=args.threads)
+    base = dataclasses.replace(base, number=args.number)
     protocols = {"passes=1": dataclasses.replace(base, passes=1),
                  f"passes={args.passes}": dataclasses.replace(base, passes=args.passes)}
     tdir = _tuning_to_use(device, args.space, untuned=False)
@@ -153,7 +157,9 @@ def passes_mode(args: argparse.Namespace) -> None:
                      f"  {np.mean(c['wall_s_per_session']):.1f} s/session")
         print(line)
     print(f"passes={args.passes} / passes=1 latency (median over sessions): {np.round(ratio, 3)}")
-    path = RESULTS / f"noise-passes-{device.name}{'-tuned' if tdir else ''}.json"
+    suffix = ("-tuned" if tdir else "") + (f"-threads{args.threads}" if args.threads is not None else "")
+    suffix += (f"-runs{args.runs}" if args.runs != 100 else "") + (f"-number{args.number}" if args.number != 1 else "")
+    path = RESULTS / f"noise-passes-{device.name}{suffix}.json"
     report = {"benchmark": "noise-passes", "device": device.name, "runtime": device.runtime,
               "fingerprint": device.fingerprint, "space": space.name, "tuned": tdir is not None,
               "subnets": dict(zip(names, (c.to_dict() for c in cfgs), strict=True)), "sessions": args.sessions,
@@ -176,6 +182,9 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=5, help="passes mode: the protocol compared with passes=1")
     ap.add_argument("--subnets", type=int, default=5, help="passes mode: largest, smallest, then random ones")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--number", type=int, default=1, help="passes mode: back-to-back calls per timed run")
+    ap.add_argument("--threads", type=int, default=None, help="passes mode: threads of both protocols "
+                    "(default: the device's); the results file is then named ...-threads<T>.json")
     ap.add_argument("--max-load", type=float, default=1.0, help="passes mode: wait for a lower 1-minute load")
     ap.add_argument("--wait-s", type=float, default=1200.0, help="passes mode: longest wait for --max-load")
     args = ap.parse_args()

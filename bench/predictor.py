@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from hwnas.db import Database
 from hwnas.io import atomic_write
-from hwnas.latency._collect import collect, measure, tuning_key
+from hwnas.latency._collect import collect, drift_corrected, measure, tuning_key
 from hwnas.latency._devices import protocol_for
 from hwnas.latency._predictor import LatencyPredictor, LayerwisePredictor, Sample, accuracy, create_predictor
 from hwnas.latency._registry import DeviceRegistry, SQLMeasurementStore
@@ -77,31 +78,38 @@ def main() -> None:
     protocol = protocol_for(device, space)
     records = store.records(device=device.name, space=space.name, protocol_key=protocol.key(),
                             tuning_key=tuning_key(tdir))
-    ok = [r for r in records if r.result.ok]
+    ok = [r for r in records if r.result.ok and (r.reference_ms or not protocol.reference)]
     cvs = np.array([r.latency_cv() for r in ok])
-    train, test = split(ok, args.test_fraction, seed=0)
-    measured = np.array([r.sample().latency_ms for r in test])
+    samples, baseline = drift_corrected(ok)  # as measured when the protocol has no reference
+    train, test = split(list(zip(ok, samples, strict=True)), args.test_fraction, seed=0)
+    measured = np.array([s.latency_ms for _, s in test])
+    measured_raw = np.array([r.latency_ms() for r, _ in test])
     constraint = float(np.median(measured))
     candidates = {kind: create_predictor(kind, space, protocol.decode_steps) for kind in ("hat-mlp", "layerwise")}
     candidates["layerwise (feature set 1)"] = LayerwisePredictor(space, protocol.decode_steps, features=1)
-    train_samples = [r.sample() for r in train]
+    train_samples, test_subnets = [s for _, s in train], [r.subnet for r, _ in test]
     predictors = {}
     for name, blank in candidates.items():
         t1 = time.perf_counter()
         pred = blank.fit(train_samples, seed=0)
         fit_s = time.perf_counter() - t1
-        predicted = pred.predict([r.subnet for r in test])
+        predicted = pred.predict(test_subnets)
         predictors[name] = {**accuracy(predicted, measured, constraint_ms=constraint), "fit_s": fit_s,
                             "predicted_ms": predicted.tolist()}
-    curve = learning_curve(candidates, train_samples, [r.subnet for r in test], measured)
+        if baseline is not None:  # the same predictions against the latencies as measured, without the correction
+            predictors[name]["against_uncorrected"] = accuracy(predicted, measured_raw)
+    curve = learning_curve(candidates, train_samples, test_subnets, measured)
     retest = None
     if args.retest:
-        retest = remeasure(device, space, mc, [r.subnet for r in test], tdir)
+        retest = remeasure(device, space, mc, test_subnets, tdir, baseline)
         if retest["failed"]:
             print(f"re-measurement: {retest['failed']} of {len(test)} failed; scored on the others")
         ok_idx = [i for i, v in enumerate(retest["latency_ms"]) if v is not None]
         again = np.array([retest["latency_ms"][i] for i in ok_idx])
         retest["accuracy"] = accuracy(again, measured[ok_idx], constraint_ms=constraint)
+        if baseline is not None:
+            raw = np.array([retest["uncorrected_ms"][i] for i in ok_idx])
+            retest["accuracy_uncorrected"] = accuracy(raw, measured_raw[ok_idx])
     out = {
         "benchmark": "predictor", "device": device.name, "fingerprint": device.fingerprint, "space": space.name,
         "tuned": tdir is not None, "tuning_key": tuning_key(tdir), "protocol": protocol.to_dict(),
@@ -110,9 +118,9 @@ def main() -> None:
                      "max": float(cvs.max())},
         "collection": {"this_run_measured": report.measured, "this_run_s": collect_s,
                        "subnets_per_min": 60 * report.measured / collect_s if report.measured else None},
-        "latency_ms": {"min": float(min(r.sample().latency_ms for r in ok)),
-                       "max": float(max(r.sample().latency_ms for r in ok))},
-        "measured_ms": measured.tolist(), "predictors": predictors, "learning_curve": curve, "retest": retest,
+        "latency_ms": {"min": float(min(r.latency_ms() for r in ok)), "max": float(max(r.latency_ms() for r in ok))},
+        "reference_baseline_ms": baseline, "measured_ms": measured.tolist(), "measured_uncorrected_ms":
+            measured_raw.tolist(), "predictors": predictors, "learning_curve": curve, "retest": retest,
         "command": "python bench/predictor.py " + " ".join(sys.argv[1:]),
     }
     path = RESULTS / f"predictor-{device.name}.json"
@@ -124,6 +132,11 @@ def main() -> None:
     for kind, m in rows.items():
         print(f"{kind:26s} MAPE {100 * m['mape']:.2f}%  within 10% {100 * m['within_10pct']:.1f}%  "
               f"within 5% {100 * m['within_5pct']:.1f}%  RMSE {m['rmse_ms']:.3f} ms  Kendall {m['kendall']:.3f}")
+    if baseline is not None:
+        lw = predictors["layerwise"]["against_uncorrected"]
+        print(f"without the drift correction: layerwise MAPE {100 * lw['mape']:.2f}%  within 10% "
+              f"{100 * lw['within_10pct']:.1f}%" + (f"; re-measurement MAPE "
+              f"{100 * retest['accuracy_uncorrected']['mape']:.2f}%" if retest else ""))
     cv = out["noise_cv"]
     print(f"noise CV median {100 * cv['median']:.2f}%  p90 {100 * cv['p90']:.2f}%; wrote {path}")
 
@@ -140,15 +153,24 @@ def learning_curve(candidates: dict[str, LatencyPredictor], train: list[Sample],
     return out
 
 
-def remeasure(device, space, mc, subnets: list, tuning_dir: str | None) -> dict:  # noqa: ANN001 - bench script
-    """The same subnets measured again, in batches of 4 like `collect` (fresh workers: a new session)."""
+def remeasure(device, space, mc, subnets: list, tuning_dir: str | None,  # noqa: ANN001 - bench script
+              baseline: float | None) -> dict:
+    """The same subnets measured again, in batches of 4 like `collect` (fresh workers: new sessions),
+    drift-corrected with the collection's reference baseline when there is one."""
     latencies: list[float | None] = []
+    uncorrected: list[float | None] = []
+    cache: dict[str, str] = {}
     t0 = time.perf_counter()
-    for start in range(0, len(subnets), 4):
-        for rec in measure(device=device, space=space, model_config=mc, subnets=subnets[start:start + 4],
-                           tuning_dir=tuning_dir, build_workers=2):
-            latencies.append(rec.latency_ms() if rec.result.ok else None)
-    return {"latency_ms": latencies, "failed": sum(v is None for v in latencies), "seconds": time.perf_counter() - t0}
+    with tempfile.TemporaryDirectory() as ref_dir:
+        for start in range(0, len(subnets), 4):
+            for rec in measure(device=device, space=space, model_config=mc, subnets=subnets[start:start + 4],
+                               tuning_dir=tuning_dir, build_workers=2, work_dir=ref_dir, reference_cache=cache):
+                usable = rec.result.ok and (baseline is None or rec.reference_ms)
+                uncorrected.append(rec.latency_ms() if usable else None)
+                latencies.append(None if not usable else rec.latency_ms() if baseline is None
+                                 else rec.latency_ms() * baseline / rec.reference_ms)  # type: ignore[operator]
+    return {"latency_ms": latencies, "uncorrected_ms": uncorrected, "failed": sum(v is None for v in latencies),
+            "seconds": time.perf_counter() - t0}
 
 
 def plot(measured: np.ndarray, predictors: dict, curve: dict, path: Path, device: str) -> None:

@@ -39,6 +39,7 @@ class MeasurementRecord:
     protocol: MeasureConfig
     tuning_key: str
     result: RunResult
+    reference_ms: float | None = None  # the reference subnet's latency in the same session (protocol.reference)
 
     def sample(self) -> Sample:
         """The record's two parts (the fastest pass's medians, `RunResult.parts_ms`), for the predictors."""
@@ -109,33 +110,86 @@ def runner_for(device: DeviceProfile, *, timeout_s: float = 300.0) -> Runner:
     return RPCRunner(tracker=device.tracker, key=device.rpc_key, timeout_s=timeout_s)
 
 
+def reference_subnet(space: SearchSpace) -> SubnetConfig:
+    """The subnet `MeasureConfig.reference` times with every batch: the space's smallest (the cheapest to time)."""
+    return space.smallest()
+
+
 def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, subnets: Sequence[SubnetConfig],
             tuning_dir: str | None = None, work_dir: str | None = None, build_workers: int = 1,
-            timeout_s: float = 600.0) -> list[MeasurementRecord]:
-    """Build and time `subnets` on `device`; one record per subnet, failures included."""
+            timeout_s: float = 600.0, reference_cache: dict[str, str] | None = None) -> list[MeasurementRecord]:
+    """Build and time `subnets` on `device`; one record per subnet, failures included.
+
+    Under `protocol.reference` the reference subnet is timed with them (first, interleaved like the
+    rest) and its latency stored with every record; its build is kept in `reference_cache` (a dict
+    the caller holds for a whole collection, with `work_dir` outliving it) when one is given.
+    """
     protocol = protocol_for(device, space)
     runner = runner_for(device, timeout_s=timeout_s)
     if isinstance(runner, RPCRunner):
         check_tracker(runner.tracker, runner.key)  # before minutes of building for a board that is not there
-    builds = [BuildInput(cfg, model_config, device.target, batch=protocol.batch_size,
-                         source_length_tokens=protocol.source_length_tokens, cache_len=protocol.decode_steps,
-                         tuning_dir=tuning_dir) for cfg in subnets]
+
+    def build_input(cfg: SubnetConfig) -> BuildInput:
+        return BuildInput(cfg, model_config, device.target, batch=protocol.batch_size,
+                          source_length_tokens=protocol.source_length_tokens, cache_len=protocol.decode_steps,
+                          tuning_dir=tuning_dir)
+
+    builds = [build_input(cfg) for cfg in subnets]
     key = tuning_key(tuning_dir)
+    ref_build = build_input(reference_subnet(space)) if protocol.reference else None
+    cache = reference_cache if reference_cache is not None else {}
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        ref_key = f"{device.name}:{key}:{ref_build.subnet.key()}" if ref_build else ""
         if device.runtime == "tvm":
-            built = TVMBuilder(max_workers=build_workers, timeout_s=timeout_s).build(
-                builds, [str(Path(tmp) / str(i)) for i in range(len(builds))])
+            todo, dirs = list(builds), [str(Path(tmp) / str(i)) for i in range(len(builds))]
+            if ref_build is not None and ref_key not in cache:
+                todo.append(ref_build)
+                dirs.append(tempfile.mkdtemp(prefix="hwnas-reference-", dir=work_dir) if reference_cache is not None
+                            else str(Path(tmp) / "reference"))
+            built = TVMBuilder(max_workers=build_workers, timeout_s=timeout_s).build(todo, dirs)
+            if len(built) > len(builds):
+                ref = built.pop()
+                if ref.artifact:
+                    cache[ref_key] = ref.artifact
         else:
             built = [None] * len(builds)
         to_run = [i for i, b in enumerate(built) if b is None or b.artifact]
-        timed = runner.run(
-            [RunInput(builds[i], built[i].artifact if built[i] else None) for i in to_run], protocol)
+        inputs = [RunInput(builds[i], built[i].artifact if built[i] else None) for i in to_run]
+        with_ref = ref_build is not None and (device.runtime != "tvm" or ref_key in cache)
+        if with_ref:
+            inputs.insert(0, RunInput(ref_build, cache.get(ref_key)))  # type: ignore[arg-type]
+        timed = runner.run(inputs, protocol)
+    reference_ms = None
+    if with_ref:
+        ref_result, timed = timed[0], timed[1:]
+        reference_ms = ref_result.latency_ms(protocol.decode_steps, protocol.passes) if ref_result.ok else None
     results: list[RunResult] = [RunResult(error=f"build failed: {b.error}") if b and b.error else None
                                 for b in built]  # type: ignore[misc]
     for i, r in zip(to_run, timed, strict=True):
         results[i] = r
-    return [MeasurementRecord(device.name, space.name, cfg, protocol, key, r)
+    return [MeasurementRecord(device.name, space.name, cfg, protocol, key, r,
+                              reference_ms=reference_ms if r.ok else None)
             for cfg, r in zip(subnets, results, strict=True)]
+
+
+def drift_corrected(records: Sequence[MeasurementRecord]) -> tuple[list[Sample], float | None]:
+    """Samples of successful records on one footing: each scaled by median(reference) / its session's reference.
+
+    Returns the samples and that median (None when the protocol has no reference: samples as measured).
+    Records of a reference protocol whose reference failed have no footing and are left out.
+    """
+    ok = [r for r in records if r.result.ok]
+    if not ok or not ok[0].protocol.reference:
+        return [r.sample() for r in ok], None
+    refs = [r for r in ok if r.reference_ms]
+    if not refs:
+        return [], None
+    baseline = float(np.median([r.reference_ms for r in refs]))
+    out = []
+    for r in refs:
+        s, f = r.sample(), baseline / r.reference_ms  # type: ignore[operator]
+        out.append(Sample(s.subnet, s.encoder_ms * f, s.decoder_step_ms * f, s.decode_steps))
+    return out, baseline
 
 
 def distinct_subnets(space: SearchSpace, n: int, *, seed: int, max_attempts: int | None = None) -> list[SubnetConfig]:
@@ -169,14 +223,17 @@ def collect(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
                                tuning_key=tuning_key(tuning_dir))
     todo = [c for c in subnets if c.key() not in done]
     measured = failed = 0
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True),
-                  disable=not progress) as bar:
+    reference_cache: dict[str, str] = {}  # the reference subnet is built once per collection
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True),
+                   disable=not progress)
+    with tempfile.TemporaryDirectory() as ref_dir, bar:
         task = bar.add_task(f"measure on {device.name}", total=n, completed=n - len(todo), info="")
         for start in range(0, len(todo), batch):
             chunk = todo[start:start + batch]
             for rec in measure(device=device, space=space, model_config=model_config, subnets=chunk,
-                               tuning_dir=tuning_dir, build_workers=build_workers):
+                               tuning_dir=tuning_dir, build_workers=build_workers, work_dir=ref_dir,
+                               reference_cache=reference_cache):
                 store.add(rec)
                 measured += rec.result.ok
                 failed += not rec.result.ok

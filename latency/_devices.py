@@ -113,13 +113,20 @@ def local_fingerprint() -> dict[str, Any]:
     }
 
 
+LOCAL_PASSES = 5  # bench/noise.py --mode passes, tuned libraries: between-session spread p90 26.7% -> 6.6%
+
+
 def local_cpu_profile(*, threads: int | None = None) -> DeviceProfile:
-    """The built-in `local-cpu` device: this machine's CPU through TVM, threads pinned to the cores."""
+    """The built-in `local-cpu` device: this machine's CPU through TVM, threads pinned to the cores, the
+    timed runs in `LOCAL_PASSES` passes interleaved across each batch (a shared machine's slow spells
+    land on every subnet of a batch alike, and the quietest pass counts), and a reference subnet
+    timed with every batch (this VM drifts by 5-20% between sessions, alike for every subnet)."""
     from hwnas.kernels import host_target
 
     cores = os.cpu_count() or 1
     return DeviceProfile(name="local-cpu", kind="cpu", target=host_target(), runtime="tvm",
-                         fingerprint=local_fingerprint(), protocol=MeasureConfig(threads=threads or cores))
+                         fingerprint=local_fingerprint(),
+                         protocol=MeasureConfig(threads=threads or cores, passes=LOCAL_PASSES, reference=True))
 
 
 @functools.cache  # the fingerprint probes TVM and the OS: once per process is enough

@@ -27,6 +27,13 @@ class MeasureConfig:
     fastest pass's median figure (`RunResult.latency_ms`): the measurement from the quietest
     period. `passes=1` is the classic protocol; it serializes (and is keyed) exactly as before
     `passes` existed, so older records and predictors keep their keys.
+
+    `reference` times one fixed subnet (the space's smallest) in every batch too, interleaved
+    with the others, and stores its latency with each record of the batch (`reference_ms`).
+    A shared or virtual machine drifts by 5-20% between minutes (bench/noise.py) and the drift
+    hits every subnet of a session alike, so a training set can be put on one footing:
+    `latency x median(reference) / reference of its session` (`drift_corrected`). False
+    serializes as before (`reference` is left out of the dict and key).
     """
 
     batch_size: int = 1
@@ -38,6 +45,7 @@ class MeasureConfig:
     threads: int | None = None  # pinned thread count; None = every core of the device
     cooldown_ms: int = 0
     passes: int = 1  # >= 1, dividing timed_runs; latency = the fastest pass's medians (see above)
+    reference: bool = False  # time the space's smallest subnet with every batch (see above)
 
     def __post_init__(self) -> None:
         for f in ("batch_size", "source_length_tokens", "decode_steps", "timed_runs", "number", "passes"):
@@ -54,10 +62,13 @@ class MeasureConfig:
         return self.timed_runs // self.passes
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field; `passes` only when it is not 1, so the classic protocol's dict and key are unchanged."""
+        """Every field; `passes` only when it is not 1 and `reference` only when set, so the classic
+        protocol's dict and key are unchanged."""
         d = dataclasses.asdict(self)
         if d["passes"] == 1:
             del d["passes"]
+        if not d["reference"]:
+            del d["reference"]
         return d
 
     def key(self) -> str:

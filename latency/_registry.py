@@ -63,14 +63,18 @@ class DeviceRegistry:
         remove_device(self.db, name)  # its measurements and predictors go with it (ON DELETE CASCADE)
 
     def row_id(self, profile: DeviceProfile) -> int:
-        """The device's row id; a built-in gets its row on first use, and its fingerprint kept current."""
+        """The device's row id; a built-in gets its row on first use, and its fingerprint and protocol kept
+        current (a new release may measure the built-ins differently; records keep their own protocol)."""
         try:
             record = get_device(self.db, profile.name)
         except NotFoundError:
             return self._store(profile).id
-        if record.fingerprint != profile.fingerprint and profile.name in builtin_devices():
+        protocol = profile.protocol.to_dict()
+        if profile.name in builtin_devices() and (record.fingerprint, record.protocol) != (profile.fingerprint,
+                                                                                          protocol):
             with self.db.session() as s:
-                s.get_one(DeviceRow, record.id).fingerprint = profile.fingerprint
+                row = s.get_one(DeviceRow, record.id)
+                row.fingerprint, row.protocol = profile.fingerprint, protocol
         return record.id
 
     def measurement_counts(self, name: str) -> dict[str, Any]:
@@ -101,7 +105,7 @@ class SQLMeasurementStore(MeasurementStore):
                 encoder_ms=list(r.encoder_ms) if r.encoder_ms else None,
                 decoder_step_ms=list(r.decoder_step_ms) if r.decoder_step_ms else None,
                 latency_ms=record.latency_ms() if r.ok else None,
-                latency_cv=record.latency_cv() if r.ok else None))
+                latency_cv=record.latency_cv() if r.ok else None, reference_ms=record.reference_ms))
 
     def records(self, *, device: str, space: str, protocol_key: str | None = None,
                 tuning_key: str | None = None) -> list[MeasurementRecord]:
@@ -116,7 +120,7 @@ class SQLMeasurementStore(MeasurementStore):
         return [MeasurementRecord(device, space, SubnetConfig.from_dict(m.subnet), MeasureConfig.from_dict(m.protocol),
                                   m.tuning_key, RunResult(tuple(m.encoder_ms) if m.encoder_ms else None,
                                                           tuple(m.decoder_step_ms) if m.decoder_step_ms else None,
-                                                          m.error))
+                                                          m.error), m.reference_ms)
                 for m in rows]
 
 

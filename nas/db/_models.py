@@ -99,6 +99,7 @@ class Measurement(Base):
     decoder_step_ms: Mapped[list[float] | None] = mapped_column(JSON)
     latency_ms: Mapped[float | None] = mapped_column(Float)  # median end-to-end, derived for queries
     latency_cv: Mapped[float | None] = mapped_column(Float)
+    reference_ms: Mapped[float | None] = mapped_column(Float)  # the session's reference latency (protocol.reference)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     device: Mapped[Device] = relationship(back_populates="measurements")

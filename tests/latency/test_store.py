@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,6 +52,13 @@ class TestStoreContract:
         assert store.records(device="local-cpu", space="other") == []
         assert len(store.records(device="local-cpu", space=tiny_space.name, tuning_key="t1")) == 1
 
+    def test_the_sessions_reference_latency_is_kept(self, store: MeasurementStore, tiny_space: SearchSpace) -> None:
+        rec = dataclasses.replace(_record(tiny_space, 1), protocol=dataclasses.replace(PROTOCOL, reference=True),
+                                  reference_ms=1.25)
+        store.add(rec)
+        (got,) = store.records(device="local-cpu", space=tiny_space.name)
+        assert got.reference_ms == 1.25 and got.protocol.reference and got == rec
+
 
 def test_device_registry(db: Database) -> None:
     reg = DeviceRegistry(db)
@@ -71,6 +79,20 @@ def test_device_registry(db: Database) -> None:
         DeviceProfile(name="x", kind="iot", target={"kind": "llvm"}, location="rpc")
     with pytest.raises(MeasurementError, match="kind 'fpga' is not one of"):
         DeviceProfile(name="x", kind="fpga", target={"kind": "llvm"})
+
+
+def test_a_builtin_devices_row_follows_its_current_protocol(db: Database) -> None:
+    """An older release stored local-cpu with its protocol then (one pass): the row is brought up to date."""
+    from hwnas.db._devices import get_device
+
+    reg, current = DeviceRegistry(db), local_cpu_profile()
+    older = dataclasses.replace(current, protocol=dataclasses.replace(current.protocol, passes=1),
+                                fingerprint={**current.fingerprint, "tvm": "0.26"})
+    row_id = reg.row_id(older)
+    assert get_device(db, "local-cpu").protocol == older.protocol.to_dict()
+    assert reg.row_id(current) == row_id
+    stored = get_device(db, "local-cpu")
+    assert stored.protocol == current.protocol.to_dict() and stored.fingerprint == current.fingerprint
 
 
 def test_predictor_registry_versions(db: Database, tiny_space: SearchSpace) -> None:

@@ -1,0 +1,74 @@
+"""The reference protocol: a fixed subnet timed with every batch puts sessions on one footing."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hwnas.latency import MeasureConfig, RunResult
+from hwnas.latency._collect import MeasurementRecord, drift_corrected, measure, reference_subnet
+from hwnas.latency._devices import local_cpu_profile
+from hwnas.search_spaces import SearchSpace
+from hwnas.supernet import ModelConfig
+
+STEPS = 4
+
+
+def test_reference_keeps_older_keys_and_changes_its_own() -> None:
+    assert MeasureConfig(reference=False).key() == MeasureConfig().key()  # stored records keep their key
+    assert "reference" not in MeasureConfig().to_dict()
+    on = MeasureConfig(reference=True)
+    assert on.key() != MeasureConfig().key() and MeasureConfig.from_dict(on.to_dict()) == on
+
+
+def _record(space: SearchSpace, seed: int, scale: float, reference_ms: float | None,
+            protocol: MeasureConfig) -> MeasurementRecord:
+    """A stand-in record: this subnet's "true" parts times a session's slowdown `scale`."""
+    cfg = space.sample(np.random.default_rng(seed))
+    enc, dec = 1.0 + 0.1 * cfg.encoder_layer_num, 0.2 + 0.05 * cfg.decoder_layer_num
+    return MeasurementRecord("local-cpu", space.name, cfg, protocol, "", RunResult((enc * scale,), (dec * scale,)),
+                             reference_ms)
+
+
+def test_drift_correction_puts_sessions_on_one_footing(tiny_space: SearchSpace) -> None:
+    protocol = MeasureConfig(decode_steps=STEPS, reference=True)
+    # Three sessions, the machine 0%, 20% and 10% slower: the reference (2.0 ms when quiet) slows alike.
+    recs = [_record(tiny_space, seed, scale, 2.0 * scale, protocol)
+            for seed, scale in ((1, 1.0), (2, 1.0), (3, 1.2), (4, 1.2), (5, 1.1))]
+    recs.append(_record(tiny_space, 6, 1.3, None, protocol))  # its reference failed: no footing, left out
+    samples, baseline = drift_corrected(recs)
+    assert baseline == pytest.approx(2.2)  # the median reference
+    assert [s.subnet for s in samples] == [r.subnet for r in recs[:5]]
+    quiet = [_record(tiny_space, seed, 1.0, 2.0, protocol).sample() for seed in (1, 2, 3, 4, 5)]
+    for got, want in zip(samples, quiet, strict=True):  # every sample at the median session's speed (1.1x)
+        assert got.latency_ms == pytest.approx(1.1 * want.latency_ms)
+
+
+def test_without_a_reference_samples_are_as_measured(tiny_space: SearchSpace) -> None:
+    recs = [_record(tiny_space, seed, 1.0 + seed / 10, None, MeasureConfig(decode_steps=STEPS)) for seed in (1, 2)]
+    samples, baseline = drift_corrected(recs)
+    assert baseline is None and samples == [r.sample() for r in recs]
+
+
+def test_measure_times_the_reference_with_every_batch(tmp_path: Path, tiny_space: SearchSpace,
+                                                      tiny_mc: ModelConfig) -> None:
+    device = dataclasses.replace(local_cpu_profile(), protocol=MeasureConfig(warmup_runs=1, timed_runs=4, passes=2,
+                                                                             reference=True))
+    cache: dict[str, str] = {}
+    rng = np.random.default_rng(0)
+    subnets = [tiny_space.sample(rng) for _ in range(3)]
+    first = measure(device=device, space=tiny_space, model_config=tiny_mc, subnets=subnets[:2], work_dir=str(tmp_path),
+                    reference_cache=cache)
+    assert len(cache) == 1
+    (ref_lib,) = cache.values()
+    second = measure(device=device, space=tiny_space, model_config=tiny_mc, subnets=subnets[2:], work_dir=str(tmp_path),
+                     reference_cache=cache)
+    assert list(cache.values()) == [ref_lib] and Path(ref_lib, "meta.json").exists()  # built once, reused
+    for rec in (*first, *second):
+        assert rec.result.ok, rec.result.error
+        assert rec.reference_ms is not None and rec.reference_ms > 0 and rec.protocol.reference
+    assert first[0].reference_ms == first[1].reference_ms  # one session, one reference figure
+    assert reference_subnet(tiny_space) == tiny_space.smallest()
