@@ -9,12 +9,15 @@ JSON database: re-running `tune_space` adds trials to it and loses none.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
+import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +165,9 @@ def tune_space(*, space: SearchSpace, mc: ModelConfig, target: dict[str, Any], w
     # small budget lands on the decoder-step matmuls that dominate latency.
     tunable = sorted(((t, w) for t, w in extracted if _has_search_space(t)),
                      key=lambda tw: (_tuned(database, tw[0]), -tw[1] * _flops(tw[0])))
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        extracted_tasks=[t for t, _ in tunable], work_dir=str(work), seed=seed)
+    with _unnamed_handlers_detached(logging.getLogger("tvm.s_tir.meta_schedule")):
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted_tasks=[t for t, _ in tunable], work_dir=str(work), seed=seed)
     builder = ms.builder.LocalBuilder(f_build=_fast_build, timeout_sec=builder_timeout_s,
                                       max_workers=max(1, (os.cpu_count() or 2) // 2))
     runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
@@ -188,6 +192,21 @@ def _flops(task: Any) -> float:
         return float(estimate_tir_flops(task.dispatched[0]))
     except Exception:  # analysis can fail on exotic blocks: count them as unknown (-1)
         return -1.0
+
+
+@contextlib.contextmanager
+def _unnamed_handlers_detached(logger: logging.Logger) -> Iterator[None]:
+    """MetaSchedule's logger set-up re-lists the handlers of its logger by name and fails on an unnamed one
+    ("'NoneType' object has no attribute 'format'"): pytest's capture handlers, after a first tuning run
+    in the same process, are such. They are taken off for the set-up and put back."""
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for h in unnamed:
+        logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in unnamed:
+            logger.addHandler(h)
 
 
 def _tuned(database: Any, task: Any) -> bool:

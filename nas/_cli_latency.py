@@ -106,6 +106,8 @@ def latency_measure(
     console.print(f"{dev.name} ({'tuned' if use else 'untuned'}): {rec.latency_ms():.3f} ms = encoder "
                   f"{enc:.3f} + {steps} x step {dec:.4f}  "
                   f"(CV {100 * rec.latency_cv():.1f}%, {len(r.encoder_ms or ())} runs)")
+    if rec.reference_ms is not None:  # how fast the machine ran meanwhile: the reference subnet, same session
+        console.print(f"reference subnet (the space's smallest) in the same session: {rec.reference_ms:.3f} ms")
 
 
 @devices_app.command("serve")

@@ -94,6 +94,9 @@ class LatencyCertificate:
     tuning_key: str  # identity of the tuning database ('' = untuned)
     encoder_ms: tuple[float, ...]
     decoder_step_ms: tuple[float, ...]
+    # Under a reference protocol: the reference subnet's latency in the same session, i.e. how fast the
+    # device ran at the time (compare it with other certificates' to tell a slow machine from a slow model).
+    reference_ms: float | None = None
 
     def __post_init__(self) -> None:
         if not self.encoder_ms or not self.decoder_step_ms:
@@ -125,7 +128,7 @@ class LatencyCertificate:
                    target=json.loads(json.dumps(device.target)), runtime=device.runtime,
                    protocol=record.protocol.to_dict(), subnet=record.subnet.to_dict(),
                    tuning_key=record.tuning_key, encoder_ms=tuple(map(float, result.encoder_ms)),
-                   decoder_step_ms=tuple(map(float, result.decoder_step_ms)))
+                   decoder_step_ms=tuple(map(float, result.decoder_step_ms)), reference_ms=record.reference_ms)
 
     @property
     def decode_steps(self) -> int:
@@ -188,12 +191,15 @@ class LatencyCertificate:
         Raises:
             ExportError: Missing or malformed fields, or derived figures that disagree with the raw runs.
         """
+        optional = {"reference_ms"}  # certificates written before it existed lack it
         names = [f.name for f in dataclasses.fields(cls)]
         try:
-            missing = [n for n in names if n not in data]
+            missing = [n for n in names if n not in data and n not in optional]
             if missing:
                 raise ValueError(f"missing {', '.join(missing)}")
-            values = {n: data[n] for n in names}
+            values = {n: data[n] for n in names if n in data}
+            if values.get("reference_ms") is not None:
+                values["reference_ms"] = float(values["reference_ms"])
             values["encoder_ms"] = tuple(float(t) for t in values["encoder_ms"])
             values["decoder_step_ms"] = tuple(float(t) for t in values["decoder_step_ms"])
             cert = cls(**values)

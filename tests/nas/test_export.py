@@ -287,6 +287,19 @@ def test_certificate_of_a_multi_pass_record_uses_the_quietest_pass(
     assert cert.latency_p90_ms < np.percentile(slow[0], 90) + steps * np.percentile(slow[1], 90)
 
 
+def test_certificate_carries_the_sessions_reference(measured: tuple[MeasurementRecord, DeviceProfile]) -> None:
+    record, device = measured
+    assert LatencyCertificate.from_record(record, device).reference_ms is None  # no reference protocol
+    with_ref = dataclasses.replace(record, protocol=dataclasses.replace(record.protocol, reference=True),
+                                   reference_ms=4.5)
+    cert = LatencyCertificate.from_record(with_ref, device)
+    data = json.loads(json.dumps(cert.to_dict()))
+    assert cert.reference_ms == 4.5 and data["reference_ms"] == 4.5 and data["protocol"]["reference"] is True
+    assert LatencyCertificate.from_dict(data) == cert
+    older = {k: v for k, v in data.items() if k != "reference_ms"}  # written before the field existed
+    assert LatencyCertificate.from_dict(older).reference_ms is None
+
+
 def test_certificate_refuses_failed_or_foreign_records(measured: tuple[MeasurementRecord, DeviceProfile]) -> None:
     record, device = measured
     failed = dataclasses.replace(record, result=RunResult(error="worker died"))
