@@ -33,7 +33,7 @@ import numpy as np
 
 from hwnas.db import Database
 from hwnas.io import atomic_write
-from hwnas.latency._collect import collect, drift_corrected, measure, tuning_key
+from hwnas.latency._collect import collect, drift_corrected, drift_factor, measure, tuning_key
 from hwnas.latency._devices import protocol_for
 from hwnas.latency._predictor import LatencyPredictor, LayerwisePredictor, Sample, accuracy, create_predictor
 from hwnas.latency._registry import DeviceRegistry, SQLMeasurementStore
@@ -92,10 +92,10 @@ def main() -> None:
     protocol = protocol_for(device, space)
     records = store.records(device=device.name, space=space.name, protocol_key=protocol.key(),
                             tuning_key=tuning_key(tdir))
-    ok = [r for r in records if r.result.ok and (r.reference_ms or not protocol.reference)]
+    usable, baseline = drift_corrected(records)  # as measured when the protocol has no reference
+    ok = [r for r, _ in usable]
     cvs = np.array([r.latency_cv() for r in ok])
-    samples, baseline = drift_corrected(ok)  # as measured when the protocol has no reference
-    train, test = split(list(zip(ok, samples, strict=True)), args.test_fraction, seed=0)
+    train, test = split(usable, args.test_fraction, seed=0)
     measured = np.array([s.latency_ms for _, s in test])
     measured_raw = np.array([r.latency_ms() for r, _ in test])
     constraint = float(np.median(measured))
@@ -195,10 +195,9 @@ def remeasure(device, space, mc, subnets: list, tuning_dir: str | None,  # noqa:
         for start in range(0, len(subnets), 4):
             for rec in measure(device=device, space=space, model_config=mc, subnets=subnets[start:start + 4],
                                tuning_dir=tuning_dir, build_workers=2, work_dir=ref_dir, reference_cache=cache):
-                usable = rec.result.ok and (baseline is None or rec.reference_ms)
-                uncorrected.append(rec.latency_ms() if usable else None)
-                latencies.append(None if not usable else rec.latency_ms() if baseline is None
-                                 else rec.latency_ms() * baseline / rec.reference_ms)  # type: ignore[operator]
+                f = drift_factor(rec, baseline)
+                uncorrected.append(rec.latency_ms() if f is not None else None)
+                latencies.append(rec.latency_ms() * f if f is not None else None)
     return {"latency_ms": latencies, "uncorrected_ms": uncorrected, "failed": sum(v is None for v in latencies),
             "seconds": time.perf_counter() - t0}
 

@@ -209,10 +209,16 @@ def _unnamed_handlers_detached(logger: logging.Logger) -> Iterator[None]:
             logger.addHandler(h)
 
 
+def _best_record(database: Any, mod: Any) -> Any | None:
+    """The database's fastest measured schedule of a workload, or None (never tuned)."""
+    if not database.has_workload(mod):
+        return None
+    top = database.get_top_k(database.commit_workload(mod), 1)
+    return top[0] if top else None
+
+
 def _tuned(database: Any, task: Any) -> bool:
-    """Whether the database holds a measured schedule for the task's workload."""
-    mod = task.dispatched[0]
-    return bool(database.has_workload(mod) and database.get_top_k(database.commit_workload(mod), 1))
+    return _best_record(database, task.dispatched[0]) is not None
 
 
 def _has_search_space(task: Any) -> bool:
@@ -227,12 +233,11 @@ def task_reports(database: Any, extracted: list[tuple[Any, float]], peak_gflops:
     out = []
     for task, weight in extracted:
         mod = task.dispatched[0]
-        workload = database.commit_workload(mod) if database.has_workload(mod) else None
-        records = database.get_top_k(workload, 1) if workload is not None else []
-        trials = len(database.get_top_k(workload, 100000)) if workload is not None else 0
+        best = _best_record(database, mod)
+        trials = len(database.get_top_k(database.commit_workload(mod), 100000)) if best is not None else 0
         best_us = gflops = frac = None
-        if records and records[0].run_secs:
-            secs = float(np.mean([float(s) for s in records[0].run_secs]))
+        if best is not None and best.run_secs:
+            secs = float(np.mean([float(s) for s in best.run_secs]))
             flops = float(estimate_tir_flops(mod))
             best_us = secs * 1e6
             gflops = flops / secs / 1e9 if flops > 0 else None

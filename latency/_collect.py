@@ -172,23 +172,38 @@ def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
             for cfg, r in zip(subnets, results, strict=True)]
 
 
-def drift_corrected(records: Sequence[MeasurementRecord]) -> tuple[list[Sample], float | None]:
-    """Samples of successful records on one footing: each scaled by median(reference) / its session's reference.
+def drift_factor(record: MeasurementRecord, baseline: float | None) -> float | None:
+    """What brings a successful record to the footing `baseline` (a median reference latency):
+    baseline / its session's reference; 1.0 without a baseline; None when it has no footing (failed,
+    or its session's reference failed)."""
+    if not record.result.ok:
+        return None
+    if baseline is None:
+        return 1.0
+    return baseline / record.reference_ms if record.reference_ms else None
 
-    Returns the samples and that median (None when the protocol has no reference: samples as measured).
-    Records of a reference protocol whose reference failed have no footing and are left out.
+
+def drift_corrected(
+        records: Sequence[MeasurementRecord]) -> tuple[list[tuple[MeasurementRecord, Sample]], float | None]:
+    """The successful records with their samples on one footing: each scaled by median(reference) / its
+    session's reference (`drift_factor`), and that median.
+
+    Without a reference protocol the samples are as measured and the median None. Records of a reference
+    protocol whose reference failed have no footing and are left out.
     """
     ok = [r for r in records if r.result.ok]
     if not ok or not ok[0].protocol.reference:
-        return [r.sample() for r in ok], None
-    refs = [r for r in ok if r.reference_ms]
+        return [(r, r.sample()) for r in ok], None
+    refs = [r.reference_ms for r in ok if r.reference_ms]
     if not refs:
         return [], None
-    baseline = float(np.median([r.reference_ms for r in refs]))
+    baseline = float(np.median(refs))
     out = []
-    for r in refs:
-        s, f = r.sample(), baseline / r.reference_ms  # type: ignore[operator]
-        out.append(Sample(s.subnet, s.encoder_ms * f, s.decoder_step_ms * f, s.decode_steps))
+    for r in ok:
+        f = drift_factor(r, baseline)
+        if f is not None:
+            s = r.sample()
+            out.append((r, Sample(s.subnet, s.encoder_ms * f, s.decoder_step_ms * f, s.decode_steps)))
     return out, baseline
 
 

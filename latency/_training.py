@@ -29,15 +29,13 @@ def train_predictors(db: Database, *, device: DeviceProfile, space: SearchSpace,
                      seed: int = 0) -> list[dict[str, Any]]:
     """Fit each kind on a seeded split of the device's successful measurements; store and report."""
     protocol = protocol_for(device, space)
-    records = [r for r in SQLMeasurementStore(db).records(device=device.name, space=space.name,
-                                                          protocol_key=protocol.key(),
-                                                          tuning_key=tuning_key(tuning_dir))
-               if r.result.ok and (r.reference_ms or not protocol.reference)]
-    if len(records) < 10:
-        raise MeasurementError(f"device '{device.name}' has {len(records)} usable measurements of space "
+    # successful records, on one footing across sessions when the protocol has a reference
+    usable, baseline = drift_corrected(SQLMeasurementStore(db).records(
+        device=device.name, space=space.name, protocol_key=protocol.key(), tuning_key=tuning_key(tuning_dir)))
+    if len(usable) < 10:
+        raise MeasurementError(f"device '{device.name}' has {len(usable)} usable measurements of space "
                                f"'{space.name}'; collect more first (hwnas latency collect --device {device.name})")
-    samples, baseline = drift_corrected(records)  # one footing across sessions when the protocol has a reference
-    train, test = split(list(zip(records, samples, strict=True)), test_fraction, seed)
+    train, test = split(usable, test_fraction, seed)
     measured = np.array([s.latency_ms for _, s in test])
     out = []
     for kind in kinds:

@@ -100,7 +100,6 @@ def test_layerwise_encoder_pays_for_the_decoders_cross_attention_keys(tiny_space
     assert errors[2] < 0.015 and errors[1] > 0.03  # set 2 sits at the stand-in's 1% noise
 
 
-
 def test_layerwise_feature_set_survives_a_round_trip(tiny_space: SearchSpace) -> None:
     old = LayerwisePredictor(tiny_space, STEPS, features=1).fit(samples(tiny_space, 100, seed=0))
     again = LatencyPredictor.from_bytes(old.to_bytes())

@@ -39,8 +39,10 @@ def test_drift_correction_puts_sessions_on_one_footing(tiny_space: SearchSpace) 
     recs = [_record(tiny_space, seed, scale, 2.0 * scale, protocol)
             for seed, scale in ((1, 1.0), (2, 1.0), (3, 1.2), (4, 1.2), (5, 1.1))]
     recs.append(_record(tiny_space, 6, 1.3, None, protocol))  # its reference failed: no footing, left out
-    samples, baseline = drift_corrected(recs)
+    usable, baseline = drift_corrected(recs)
+    samples = [s for _, s in usable]
     assert baseline == pytest.approx(2.2)  # the median reference
+    assert [r for r, _ in usable] == recs[:5]
     assert [s.subnet for s in samples] == [r.subnet for r in recs[:5]]
     quiet = [_record(tiny_space, seed, 1.0, 2.0, protocol).sample() for seed in (1, 2, 3, 4, 5)]
     for got, want in zip(samples, quiet, strict=True):  # every sample at the median session's speed (1.1x)
@@ -49,8 +51,8 @@ def test_drift_correction_puts_sessions_on_one_footing(tiny_space: SearchSpace) 
 
 def test_without_a_reference_samples_are_as_measured(tiny_space: SearchSpace) -> None:
     recs = [_record(tiny_space, seed, 1.0 + seed / 10, None, MeasureConfig(decode_steps=STEPS)) for seed in (1, 2)]
-    samples, baseline = drift_corrected(recs)
-    assert baseline is None and samples == [r.sample() for r in recs]
+    usable, baseline = drift_corrected(recs)
+    assert baseline is None and usable == [(r, r.sample()) for r in recs]
 
 
 def test_measure_times_the_reference_with_every_batch(tmp_path: Path, tiny_space: SearchSpace,
