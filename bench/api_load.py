@@ -43,9 +43,8 @@ def _free_port() -> int:
 def _seed(db_url: str, jobs: int) -> tuple[str, list[int]]:
     """A user, a token and `jobs` queued job rows (a real spec shape; status polling reads only the row)."""
     from hwnas.api import create_token, create_user
-    from hwnas.db import Database
-    from hwnas.db._models import SearchJob
-    from hwnas.search import SearchSpec
+    from hwnas.db import Database, SearchJob
+    from hwnas.jobs import SearchSpec
 
     spec = SearchSpec(space="quickstart", device="local-cpu", latency_ms=10.0, supernet="/nonexistent").to_dict()
     with Database(db_url) as db:

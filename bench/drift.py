@@ -24,9 +24,7 @@ import numpy as np
 
 from hwnas.io import atomic_write
 from hwnas.kernels import BuildInput, TVMBuilder
-from hwnas.latency import RunInput
-from hwnas.latency._collect import runner_for
-from hwnas.latency._devices import get_device, protocol_for
+from hwnas.latency import RunInput, builtin_device, protocol_for, runner_for
 from hwnas.search_spaces import get_space
 from hwnas.supernet import ModelConfig
 
@@ -43,11 +41,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()
 
-    from hwnas._cli_latency import _tuning_to_use, default_vocab_size
+    from hwnas.jobs import default_vocab_size, tuning_to_use
 
-    device, space = get_device(args.device), get_space(args.space)
+    device, space = builtin_device(args.device), get_space(args.space)
     protocol = protocol_for(device, space)
-    tdir = _tuning_to_use(device, args.space, untuned=False)
+    tdir = tuning_to_use(device, args.space)
     mc = ModelConfig(vocab_size=default_vocab_size(args.space), qkv_dim=space.qkv_dim)
     rng = np.random.default_rng(args.seed)
     base = space.sample(rng)

@@ -45,9 +45,8 @@ def summary(r: RunResult, steps: int) -> dict[str, Any]:
 
 
 def _ort_times(build: Any, protocol: MeasureConfig, threads: int) -> tuple[list[float], list[float]]:
-    from hwnas._export import export_onnx, onnx_session
-    from hwnas.kernels._build import subnet_model
-    from hwnas.kernels._graphs import example_inputs, input_specs
+    from hwnas.export import export_onnx, onnx_session
+    from hwnas.kernels import example_inputs, input_specs, subnet_model
     from hwnas.latency import time_calls
 
     model = subnet_model(build)
@@ -70,8 +69,7 @@ def _ort_times(build: Any, protocol: MeasureConfig, threads: int) -> tuple[list[
 
 def run_cpu(args: argparse.Namespace) -> None:
     from hwnas.kernels import BuildInput, build_one, host_target
-    from hwnas.latency import RunInput, TorchRunner, TVMLocalRunner
-    from hwnas.latency._devices import local_fingerprint
+    from hwnas.latency import RunInput, TorchRunner, TVMLocalRunner, local_fingerprint
 
     threads = args.threads or os.cpu_count() or 1
     protocol = dataclasses.replace(PROTOCOL, threads=threads)
@@ -111,7 +109,7 @@ def run_gpu(args: argparse.Namespace) -> None:
     import torch
 
     from hwnas.kernels import BuildInput
-    from hwnas.latency._runner import _measure_torch, _measure_tvm_local
+    from hwnas.latency import measure_torch, measure_tvm_local
 
     rows = {}
     for name in ("largest", "smallest"):
@@ -121,8 +119,8 @@ def run_gpu(args: argparse.Namespace) -> None:
 
         build = BuildInput(SubnetConfig.from_dict(meta["subnet"]), ModelConfig(**meta["model_config"]), meta["target"])
         row: dict[str, Any] = {"subnet": meta["subnet"]}
-        for runtime, fn in (("tvm", lambda: _measure_tvm_local(lib, PROTOCOL)),
-                            ("torch", lambda: _measure_torch(build, PROTOCOL, "cuda"))):
+        for runtime, fn in (("tvm", lambda: measure_tvm_local(lib, PROTOCOL)),
+                            ("torch", lambda: measure_torch(build, PROTOCOL, "cuda"))):
             try:
                 enc, dec = fn()
                 row[runtime] = summary(RunResult(tuple(enc), tuple(dec)), 30)

@@ -35,9 +35,18 @@ import numpy as np
 
 from hwnas.io import atomic_write
 from hwnas.kernels import BuildInput, build_one
-from hwnas.latency import MeasureConfig, RunInput, RunResult, TVMLocalRunner, cv
-from hwnas.latency._devices import DeviceProfile, get_device, local_cpu_profile, protocol_for
-from hwnas.latency._runner import _measure_tvm_local
+from hwnas.latency import (
+    DeviceProfile,
+    MeasureConfig,
+    RunInput,
+    RunResult,
+    TVMLocalRunner,
+    builtin_device,
+    cv,
+    local_cpu_profile,
+    measure_tvm_local,
+    protocol_for,
+)
 from hwnas.search_spaces import get_space
 from hwnas.supernet import ModelConfig
 
@@ -71,11 +80,11 @@ def pct(values: list[float], q: float) -> float:
 
 def passes_mode(args: argparse.Namespace) -> None:
     """passes=1 against passes=N, same total runs, same builds, same sessions."""
-    from hwnas._cli_latency import _tuning_to_use, default_vocab_size
+    from hwnas.jobs import default_vocab_size, tuning_to_use
     from hwnas.kernels import TVMBuilder
-    from hwnas.latency._collect import distinct_subnets, runner_for
+    from hwnas.latency import distinct_subnets, runner_for
 
-    device: DeviceProfile = get_device(args.device)
+    device: DeviceProfile = builtin_device(args.device)
     space = get_space(args.space)
     base = dataclasses.replace(protocol_for(device, space), timed_runs=args.runs)
     if args.threads is not None:
@@ -83,7 +92,7 @@ def passes_mode(args: argparse.Namespace) -> None:
     base = dataclasses.replace(base, number=args.number)
     protocols = {"passes=1": dataclasses.replace(base, passes=1),
                  f"passes={args.passes}": dataclasses.replace(base, passes=args.passes)}
-    tdir = _tuning_to_use(device, args.space, untuned=False)
+    tdir = tuning_to_use(device, args.space)
     mc = ModelConfig(vocab_size=default_vocab_size(args.space), qkv_dim=space.qkv_dim)
     rnd = [c for c in distinct_subnets(space, args.subnets + 2, seed=args.seed)
            if c not in (space.largest(), space.smallest())][:max(0, args.subnets - 2)]
@@ -195,11 +204,11 @@ def main() -> None:
         return
     args.sessions = args.sessions or 6
 
-    from hwnas._cli_latency import _tuning_to_use, default_vocab_size
+    from hwnas.jobs import default_vocab_size, tuning_to_use
 
     device, space = local_cpu_profile(), get_space(args.space)
     base = protocol_for(device, space)
-    tdir = _tuning_to_use(device, args.space, untuned=False)
+    tdir = tuning_to_use(device, args.space)
     build = BuildInput(space.largest(), ModelConfig(vocab_size=default_vocab_size(args.space), qkv_dim=space.qkv_dim),
                        device.target, source_length_tokens=base.source_length_tokens, cache_len=base.decode_steps,
                        tuning_dir=tdir)
@@ -211,7 +220,7 @@ def main() -> None:
             fresh = [TVMLocalRunner().run([RunInput(build, lib)], protocol)[0] for _ in range(args.sessions)]
             cases[f"fresh-process threads={threads} runs={runs}"] = summarize(fresh, base.decode_steps)
         protocol = dataclasses.replace(base, timed_runs=20)
-        same = [RunResult(*map(tuple, _measure_tvm_local(lib, protocol))) for _ in range(args.sessions)]
+        same = [RunResult(*map(tuple, measure_tvm_local(lib, protocol))) for _ in range(args.sessions)]
         cases[f"same-process threads={base.threads} runs=20"] = summarize(same, base.decode_steps)
     for name, c in cases.items():
         print(f"{name:40s} medians {np.round(c['medians_ms'], 2)}  spread {100 * c['between_session_spread']:.0f}%  "

@@ -33,11 +33,22 @@ import numpy as np
 
 from hwnas.db import Database
 from hwnas.io import atomic_write
-from hwnas.latency._collect import collect, drift_corrected, drift_factor, measure, tuning_key
-from hwnas.latency._devices import protocol_for
-from hwnas.latency._predictor import LatencyPredictor, LayerwisePredictor, Sample, accuracy, create_predictor
-from hwnas.latency._registry import DeviceRegistry, SQLMeasurementStore
-from hwnas.latency._training import split
+from hwnas.latency import (
+    DeviceRegistry,
+    LatencyPredictor,
+    LayerwisePredictor,
+    Sample,
+    SQLMeasurementStore,
+    accuracy,
+    collect,
+    create_predictor,
+    drift_corrected,
+    drift_factor,
+    measure,
+    protocol_for,
+    split,
+    tuning_key,
+)
 from hwnas.search_spaces import get_space
 from hwnas.supernet import ModelConfig
 
@@ -71,7 +82,8 @@ def main() -> None:
                       f"{100 * t['within_10pct']:.1f}%  within 5% {100 * t['within_5pct']:.1f}%")
         return
 
-    from hwnas._cli_latency import default_vocab_size, tuning_dir
+    from hwnas.jobs import default_vocab_size
+    from hwnas.settings import Settings
 
     db = Database(args.db)
     registry = DeviceRegistry(db)
@@ -81,7 +93,7 @@ def main() -> None:
                                      protocol=dataclasses.replace(device.protocol, passes=args.passes))
         if device.name not in {d.name for d in registry.list()}:
             registry.add(device)
-    tdir = args.tuning_dir or str(tuning_dir(args.device, args.space))
+    tdir = args.tuning_dir or str(Settings().tuning_dir(args.device, args.space))
     tdir = tdir if Path(tdir, "database_tuning_record.json").exists() else None
     mc = ModelConfig(vocab_size=default_vocab_size(args.space), qkv_dim=space.qkv_dim)
     store = SQLMeasurementStore(db)

@@ -33,7 +33,7 @@ def _load() -> list[float]:
 
 
 def _machine() -> dict[str, Any]:
-    from hwnas.latency._devices import cpu_model
+    from hwnas.latency import cpu_model
 
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
 

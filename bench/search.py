@@ -36,15 +36,15 @@ def _write(name: str, out: dict[str, Any]) -> Path:
 
 
 def _checkpoint(args: argparse.Namespace) -> str:
-    from hwnas.cli import default_checkpoint
+    from hwnas.db import Database
+    from hwnas.jobs import get_supernet
 
-    return str(args.supernet or default_checkpoint("quickstart"))
+    return str(args.supernet or get_supernet(Database(), space="quickstart").path)
 
 
 def _predictor(db: Any, device: Any, space: Any, tuning_dir: str | None) -> Any:
     """Train the layerwise predictor on the device's stored measurements (and store it)."""
-    from hwnas.latency._registry import load_predictor
-    from hwnas.latency._training import train_predictors
+    from hwnas.latency import load_predictor, train_predictors
 
     report = train_predictors(db, device=device, space=space, kinds=["layerwise"], tuning_dir=tuning_dir)
     pred, info = load_predictor(db, device=device.name, kind="layerwise", version=report[0]["version"])
@@ -52,18 +52,18 @@ def _predictor(db: Any, device: Any, space: Any, tuning_dir: str | None) -> Any:
 
 
 def _tuning(device: str) -> str | None:
-    from hwnas._cli_latency import tuning_dir
+    from hwnas.settings import Settings
 
-    t = tuning_dir(device, "quickstart")
+    t = Settings().tuning_dir(device, "quickstart")
     return str(t) if (t / "database_tuning_record.json").exists() else None
 
 
 def quality(args: argparse.Namespace) -> None:
     """Each strategy runs until `budget` candidates are scored; HV of (valid loss, predicted latency)."""
     from hwnas.db import Database
-    from hwnas.latency._registry import DeviceRegistry
-    from hwnas.search import Evaluation, FitnessConfig, LatencyConstraint, LocalEvaluator, Problem, hypervolume_2d
-    from hwnas.search._factory import create_strategy
+    from hwnas.jobs import FitnessConfig, LocalEvaluator
+    from hwnas.latency import DeviceRegistry
+    from hwnas.search import Evaluation, LatencyConstraint, Problem, create_strategy, hypervolume_2d
     from hwnas.search_spaces import get_space
 
     db = Database(args.db)
@@ -115,7 +115,7 @@ def quality(args: argparse.Namespace) -> None:
 def throughput(args: argparse.Namespace) -> None:
     import ray
 
-    from hwnas.search import FitnessConfig, RayEvaluator, init_ray
+    from hwnas.jobs import FitnessConfig, RayEvaluator, init_ray
     from hwnas.search_spaces import get_space
 
     space = get_space("quickstart")
@@ -145,9 +145,9 @@ def throughput(args: argparse.Namespace) -> None:
 def e2e(args: argparse.Namespace) -> None:
     """A real job: budget = 1/3 of the largest subnet's measured latency; BLEU of the best vs the largest."""
     from hwnas.db import Database
-    from hwnas.latency._collect import measure
-    from hwnas.latency._registry import DeviceRegistry
-    from hwnas.search import FitnessConfig, SearchSpec, create_job, front, get_job, run_job, strategy_options
+    from hwnas.jobs import FitnessConfig, SearchSpec, create_job, front, get_job, run_job
+    from hwnas.latency import DeviceRegistry, measure
+    from hwnas.search import strategy_options
     from hwnas.search_spaces import get_space
     from hwnas.supernet import DataSpec, bleu, count_params, load_supernet, translate
 

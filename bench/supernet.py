@@ -23,7 +23,7 @@ import torch
 from scipy.stats import kendalltau, spearmanr
 
 from hwnas.io import atomic_write
-from hwnas.latency._devices import cpu_model
+from hwnas.latency import cpu_model
 from hwnas.search_spaces import get_space
 from hwnas.supernet import DataSpec, TrainConfig, count_params, evaluate_subnet, load_supernet, train_supernet
 

@@ -1,4 +1,9 @@
-"""TVM-compiled kernels for standalone SubTransformers: build (Relax), tune (MetaSchedule)."""
+"""TVM-compiled kernels for standalone SubTransformers (`hwnas.kernels`, folder `kernels/`): the Builder role.
+
+A subnet becomes two fixed-shape graphs (the encoder, one decoder step over a key/value cache), exported with
+torch.export, compiled by TVM Relax into one library (`TVMBuilder`, `build_one`); `tune_space` tunes every
+workload of a search space once per (device, space) with MetaSchedule.
+"""
 
 from hwnas.kernels._build import (
     DECODER_STEP,
@@ -7,19 +12,35 @@ from hwnas.kernels._build import (
     BuildResult,
     TVMBuilder,
     build_one,
+    compile_module,
     export_relax,
     host_target,
     make_target,
+    subnet_model,
 )
+from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, GraphSpec, example_inputs, input_specs, random_inputs
+from hwnas.kernels._tune import TaskReport, TuneReport, covering_subnets, tune_space
 
 __all__ = [
     "DECODER_STEP",
     "ENCODER",
     "BuildInput",
     "BuildResult",
+    "DecoderStepGraph",
+    "EncoderGraph",
+    "GraphSpec",
     "TVMBuilder",
+    "TaskReport",
+    "TuneReport",
     "build_one",
+    "compile_module",
+    "covering_subnets",
+    "example_inputs",
     "export_relax",
     "host_target",
+    "input_specs",
     "make_target",
+    "random_inputs",
+    "subnet_model",
+    "tune_space",
 ]

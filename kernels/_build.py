@@ -22,8 +22,7 @@ import torch
 
 from hwnas.exceptions import MeasurementError
 from hwnas.search_spaces import SubnetConfig
-from hwnas.supernet import ModelConfig, SubTransformer
-from hwnas.supernet._model import init_weights
+from hwnas.supernet import ModelConfig, SubTransformer, init_weights
 
 ENCODER, DECODER_STEP = "encoder", "decoder_step"
 
@@ -101,7 +100,7 @@ def export_relax(model: SubTransformer, *, batch: int, source_length_tokens: int
     import tvm
     from tvm.relax.frontend.torch import from_exported_program
 
-    from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, example_inputs
+    from hwnas.kernels import DecoderStepGraph, EncoderGraph, example_inputs
 
     enc_in, step_in = example_inputs(model, batch=batch, src_len=source_length_tokens, cache_len=cache_len)
     funcs = {}

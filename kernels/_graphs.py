@@ -14,8 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from hwnas.search_spaces import SubnetConfig
-from hwnas.supernet import ModelConfig, SubTransformer
-from hwnas.supernet._model import sinusoid
+from hwnas.supernet import ModelConfig, SubTransformer, sinusoid
 
 
 class EncoderGraph(nn.Module):
@@ -67,13 +66,13 @@ class DecoderStepGraph(nn.Module):
         return x + sinusoid(position, d)[None]  # (B, 1, C)
 
 
-Spec = tuple[str, tuple[int, ...], str]  # (name, shape, dtype)
+GraphSpec = tuple[str, tuple[int, ...], str]  # (name, shape, dtype)
 
 
 def input_specs(cfg: SubnetConfig, mc: ModelConfig, *, batch: int, src_len: int,
-                cache_len: int) -> dict[str, list[Spec]]:
+                cache_len: int) -> dict[str, list[GraphSpec]]:
     """(name, shape, dtype) of every input of the two graphs, in call order."""
-    step: list[Spec] = [("token", (batch, 1), "int64"), ("position", (1,), "int64"),
+    step: list[GraphSpec] = [("token", (batch, 1), "int64"), ("position", (1,), "int64"),
                         ("cache_mask", (1, 1, 1, cache_len), "bool")]
     for i in range(cfg.decoder_layer_num):
         h, eh = cfg.decoder_self_attention_heads[i], cfg.decoder_ende_attention_heads[i]
@@ -84,7 +83,7 @@ def input_specs(cfg: SubnetConfig, mc: ModelConfig, *, batch: int, src_len: int,
     return {"encoder": [("src", (batch, src_len), "int64")], "decoder_step": step}
 
 
-def random_inputs(specs: list[Spec], *, vocab_size: int, seed: int = 0) -> list[np.ndarray]:
+def random_inputs(specs: list[GraphSpec], *, vocab_size: int, seed: int = 0) -> list[np.ndarray]:
     """Inputs for timing: valid token ids, a half-filled cache, normal keys/values."""
     rng = np.random.default_rng(seed)
     cache_len = next((shape[-1] for name, shape, _ in specs if name == "cache_mask"), 0)

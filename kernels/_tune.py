@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from hwnas.search_spaces import SearchSpace, SubnetConfig
-from hwnas.supernet import ModelConfig, SubTransformer
-from hwnas.supernet._model import init_weights
+from hwnas.supernet import ModelConfig, SubTransformer, init_weights
 
 
 def covering_subnets(space: SearchSpace) -> list[SubnetConfig]:
@@ -150,7 +149,7 @@ def tune_space(*, space: SearchSpace, mc: ModelConfig, target: dict[str, Any], w
     """Spend `trials` more MetaSchedule trials on the space's workloads; the database grows in `work_dir`."""
     from tvm.s_tir import meta_schedule as ms
 
-    from hwnas.kernels._build import make_target
+    from hwnas.kernels import make_target
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -137,7 +137,7 @@ def builtin_devices() -> dict[str, DeviceProfile]:
             "local-cpu-torch": dataclasses.replace(cpu, name="local-cpu-torch", runtime="torch")}
 
 
-def get_device(name: str) -> DeviceProfile:
+def builtin_device(name: str) -> DeviceProfile:
     """A built-in device by name (registered devices live in the database; see hwnas.db)."""
     devices = builtin_devices()
     if name not in devices:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hwnas.kernels._build import DECODER_STEP, ENCODER, BuildInput
+from hwnas.kernels import DECODER_STEP, ENCODER, BuildInput
 from hwnas.latency._protocol import MeasureConfig, RunResult
 
 
@@ -154,7 +154,7 @@ class _PooledRunner(Runner):
                 for e, d, err in zip(enc, dec, errors, strict=True)]
 
 
-def _tvm_device(target: dict[str, Any]) -> Any:
+def tvm_device(target: dict[str, Any]) -> Any:
     import tvm
 
     if target.get("kind") == "cuda":
@@ -197,7 +197,7 @@ def _load_cuda_runtime(arch: str) -> None:
 
 def _tvm_inputs(meta: dict[str, Any], to_device: Callable[[Any], Any]) -> dict[str, list[Any]]:
     """The timing inputs of both functions, on the device."""
-    from hwnas.kernels._graphs import input_specs, random_inputs
+    from hwnas.kernels import input_specs, random_inputs
     from hwnas.search_spaces import SubnetConfig
     from hwnas.supernet import ModelConfig
 
@@ -242,12 +242,12 @@ def _load_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[Any, Any, d
     meta = json.loads((Path(artifact) / "meta.json").read_text())
     if protocol.threads:  # pin before the thread pool is first used
         tvm.get_global_func("runtime.config_threadpool")(1, protocol.threads)
-    dev = _tvm_device(meta["target"])  # before loading: it may register the CUDA loader
+    dev = tvm_device(meta["target"])  # before loading: it may register the CUDA loader
     lib = tvm.runtime.load_module(str(Path(artifact) / meta["library"]))
     return VirtualMachine(lib, dev), dev, meta
 
 
-def _measure_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+def measure_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
     import tvm
 
     vm, dev, meta = _load_tvm_local(artifact, protocol)
@@ -271,7 +271,7 @@ class TVMLocalRunner(_PooledRunner):
     name = "tvm-local"
 
     def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
-        return _measure_tvm_local
+        return measure_tvm_local
 
     def _pass_job(self) -> Callable[..., tuple[list[float], list[float]]]:
         return _tvm_local_pass
@@ -286,8 +286,7 @@ def _load_torch(build: BuildInput, protocol: MeasureConfig, device: str) -> tupl
     """The encoder and decoder-step graphs with their inputs on `device`, and the device's sync."""
     import torch
 
-    from hwnas.kernels._build import subnet_model
-    from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, example_inputs
+    from hwnas.kernels import DecoderStepGraph, EncoderGraph, example_inputs, subnet_model
 
     if protocol.threads:
         torch.set_num_threads(protocol.threads)
@@ -316,7 +315,7 @@ def _time_torch_pass(graphs: list[Any], sync: Callable[[], None],
     return out[0], out[1]
 
 
-def _measure_torch(build: BuildInput, protocol: MeasureConfig, device: str) -> tuple[list[float], list[float]]:
+def measure_torch(build: BuildInput, protocol: MeasureConfig, device: str) -> tuple[list[float], list[float]]:
     graphs, sync = _load_torch(build, protocol, device)
     enc: list[float] = []
     dec: list[float] = []
@@ -346,7 +345,7 @@ class TorchRunner(_PooledRunner):
         self.device = device
 
     def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
-        return _measure_torch
+        return measure_torch
 
     def _pass_job(self) -> Callable[..., tuple[list[float], list[float]]]:
         return _torch_pass

@@ -1,4 +1,5 @@
-"""Weight-sharing SuperTransformer, standalone SubTransformers, data, training and evaluation."""
+"""Weight-sharing SuperTransformer, standalone SubTransformers, data, training and evaluation (`hwnas.supernet`,
+folder `supernet/`)."""
 
 from hwnas.supernet._checkpoint import (
     LoadedSupernet,
@@ -17,7 +18,15 @@ from hwnas.supernet._data import (
 )
 from hwnas.supernet._evaluate import EvalResult, bleu, corpus_loss, evaluate_subnet, translate
 from hwnas.supernet._generate import beam_search, greedy_decode
-from hwnas.supernet._model import EncoderOut, ModelConfig, SubTransformer, count_flops, count_params
+from hwnas.supernet._model import (
+    EncoderOut,
+    ModelConfig,
+    SubTransformer,
+    count_flops,
+    count_params,
+    init_weights,
+    sinusoid,
+)
 from hwnas.supernet._super import SubnetView, SuperTransformer
 from hwnas.supernet._train import TrainConfig, TrainResult, train_supernet
 
@@ -39,6 +48,8 @@ __all__ = [
     "corpus_loss",
     "count_flops",
     "count_params",
+    "init_weights",
+    "sinusoid",
     "evaluate_subnet",
     "greedy_decode",
     "load_bible",

@@ -15,12 +15,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select, text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hwnas
 from hwnas.api import _service as svc
 from hwnas.api._auth import AuthError, TokenCache, user_for_token
-from hwnas.api._launch import Launcher, RayLauncher, reconcile
+from hwnas.api._dashboard import router as dashboard
 from hwnas.api._schemas import (
     CandidateOut,
     DeviceCreate,
@@ -36,10 +37,24 @@ from hwnas.api._schemas import (
     JobStatus,
     ParetoMemberOut,
 )
-from hwnas.api._settings import ServiceSettings
-from hwnas.db import Database
+from hwnas.db import Candidate, Database, Export
 from hwnas.exceptions import DuplicateError, HwnasError, NotFoundError, StorageError
-from hwnas.search._job import JobBusyError
+from hwnas.jobs import (
+    JobBusyError,
+    Launcher,
+    RayLauncher,
+    cancel_job,
+    candidates,
+    count_jobs,
+    export_dir,
+    front,
+    get_job,
+    list_jobs,
+    reconcile,
+)
+from hwnas.kernels import make_target
+from hwnas.latency import DeviceProfile, DeviceRegistry, measure_config
+from hwnas.settings import Settings
 
 log = logging.getLogger("hwnas.api")
 
@@ -92,13 +107,13 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def create_app(*, settings: ServiceSettings | None = None, launcher: Launcher | None = None) -> FastAPI:
+def create_app(*, settings: Settings | None = None, launcher: Launcher | None = None) -> FastAPI:
     """The service. `launcher` defaults to a `RayLauncher` on `settings.ray_address` (tests pass their own)."""
-    settings = settings or ServiceSettings()
+    settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = await run_in_threadpool(Database, settings.db_url)
+        db = await run_in_threadpool(Database, settings.database_url())
         app.state.db = db
         # Not in a worker thread: a local Ray's processes are killed when the thread that started them exits
         # (PR_SET_PDEATHSIG follows threads), so Ray starts on the event loop's thread, once.
@@ -134,13 +149,11 @@ def create_app(*, settings: ServiceSettings | None = None, launcher: Launcher | 
         return JSONResponse({"detail": f"{where}: {first['msg']}{more}", "errors": errors}, status_code=422)
 
     _routes(app)
-    from hwnas.api._dashboard import router as dashboard
-
     app.include_router(dashboard)
     return app
 
 
-async def _reconcile_forever(app: FastAPI, settings: ServiceSettings) -> None:
+async def _reconcile_forever(app: FastAPI, settings: Settings) -> None:
     """Resume orphaned jobs at start-up, then every `reconcile_every_s` (a failure is logged, never fatal)."""
     while True:
         try:
@@ -189,8 +202,6 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/healthz", response_model=Health, tags=["service"])
     def health(db: DB) -> Health:
-        from sqlalchemy import text
-
         try:
             with db.session() as s:
                 s.execute(text("SELECT 1"))
@@ -202,8 +213,6 @@ def _routes(app: FastAPI) -> None:
               responses={**_UNAUTH, 422: _error("Invalid spec (unknown space or device, a budget no subnet meets)")})
     def submit_job(body: JobCreate, user: User, db: DB) -> JobOut:
         """Validate a search spec, store it as a queued job and start it on the cluster."""
-        from hwnas.search import get_job
-
         job_id = svc.create_owned_job(db, user, body)
         try:
             app.state.launcher.submit("job", job_id)
@@ -215,10 +224,8 @@ def _routes(app: FastAPI) -> None:
     def jobs(user: User, db: DB, status_: Annotated[JobStatus | None, Query(alias="status")] = None,
              limit: Limit = 50, offset: Offset = 0) -> JobPage:
         """Your jobs, newest first."""
-        from hwnas.search import list_jobs
-
         items = list_jobs(db, status=status_, owner=user, limit=limit, offset=offset)
-        return JobPage(items=[JobOut.of(j) for j in items], total=svc.count_jobs(db, owner=user, status=status_),
+        return JobPage(items=[JobOut.of(j) for j in items], total=count_jobs(db, owner=user, status=status_),
                        limit=limit, offset=offset)
 
     @app.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_NOT_FOUND)
@@ -229,24 +236,18 @@ def _routes(app: FastAPI) -> None:
     @app.delete("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_NOT_FOUND)
     def cancel(job_id: JobId, user: User, db: DB) -> JobOut:
         """Cancel a job; a running search stops at its next candidate."""
-        from hwnas.search import cancel_job
-
         svc.owned_job(db, user, job_id)
         return JobOut.of(cancel_job(db, job_id))
 
     @app.get("/jobs/{job_id}/pareto", response_model=list[ParetoMemberOut], tags=["jobs"], responses=_NOT_FOUND)
     def pareto(job_id: JobId, user: User, db: DB) -> list[ParetoMemberOut]:
         """The verified Pareto front (empty until the job has finished its search)."""
-        from hwnas.search import front
-
         svc.owned_job(db, user, job_id)
         return [ParetoMemberOut.of(m) for m in front(db, job_id)]
 
     @app.get("/jobs/{job_id}/candidates", response_model=list[CandidateOut], tags=["jobs"], responses=_NOT_FOUND)
     def job_candidates(job_id: JobId, user: User, db: DB, limit: Limit = 100, offset: Offset = 0) -> list[CandidateOut]:
         """Every evaluated candidate, in evaluation order."""
-        from hwnas.search import candidates
-
         svc.owned_job(db, user, job_id)
         return [CandidateOut.of(c) for c in candidates(db, job_id)[offset:offset + limit]]
 
@@ -260,11 +261,6 @@ def _routes(app: FastAPI) -> None:
               responses=_NOT_FOUND)
     def export(job_id: JobId, body: ExportCreate, user: User, db: DB) -> ExportOut:
         """Export a candidate as a standalone bundle (written on the cluster; poll GET /exports/{id})."""
-        from sqlalchemy import select
-
-        from hwnas.api._launch import export_dir
-        from hwnas.db._models import Candidate, Export
-
         svc.owned_job(db, user, job_id)
         with db.session() as s:
             if s.scalar(select(Candidate.id).where(Candidate.job_id == job_id,
@@ -273,7 +269,7 @@ def _routes(app: FastAPI) -> None:
             row = Export(job_id=job_id, candidate_id=body.candidate_id, format=body.format, path="", status="pending")
             s.add(row)
             s.flush()
-            row.path = str(export_dir(row.id))
+            row.path = str(export_dir(row.id, app.state.settings))
             out = svc.export_out(row)
         try:
             app.state.launcher.submit("export", out.id)
@@ -302,18 +298,12 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/devices", response_model=list[DeviceOut], tags=["devices"], responses=_UNAUTH)
     def devices(user: User, db: DB) -> list[DeviceOut]:
-        from hwnas.latency._registry import DeviceRegistry
-
         return [svc.device_out(d) for d in DeviceRegistry(db).list()]
 
     @app.post("/devices", response_model=DeviceOut, status_code=201, tags=["devices"],
               responses={**_UNAUTH, 409: _error("Name taken")})
     def add_device(body: DeviceCreate, user: User, db: DB) -> DeviceOut:
         """Register a device; remote ones join a TVM RPC tracker with `hwnas devices serve`."""
-        from hwnas.kernels import make_target
-        from hwnas.latency._devices import DeviceProfile, measure_config
-        from hwnas.latency._registry import DeviceRegistry
-
         make_target(body.target)  # a bad target is refused now, not at the first measurement
         profile = DeviceProfile(name=body.name, kind=body.kind, target=body.target, runtime=body.runtime,
                                 location="rpc" if body.tracker or body.key else "local", tracker=body.tracker,

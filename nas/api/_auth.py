@@ -11,8 +11,7 @@ import time
 
 from sqlalchemy import select
 
-from hwnas.db import Database
-from hwnas.db._models import ApiToken, User
+from hwnas.db import ApiToken, Database, User
 from hwnas.exceptions import DuplicateError, HwnasError, NotFoundError
 
 TOKEN_PREFIX = "hwnas_"

@@ -22,8 +22,9 @@ from hwnas.api import _service as svc
 from hwnas.api._auth import AuthError, authenticate, user_for_token
 from hwnas.api._schemas import JobOut
 from hwnas.db import Database
-from hwnas.db._models import JOB_STATUSES
 from hwnas.exceptions import HwnasError, NotFoundError
+from hwnas.jobs import ACTIVE, JOB_STATUSES, candidates, count_jobs, front, list_jobs
+from hwnas.latency import DeviceRegistry
 
 router = APIRouter(include_in_schema=False)
 
@@ -31,7 +32,6 @@ COOKIE = "hwnas_token"
 JOBS_PER_PAGE = 20
 CANDIDATES_PER_PAGE = 50
 REFRESH_S = 10  # pages showing an active job reload themselves this often
-_ACTIVE = ("queued", "running", "verifying")
 _HERE = Path(__file__).parent
 _STATIC = _HERE / "static"
 _HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
@@ -163,15 +163,13 @@ def _int(raw: str | None, default: int, lo: int = 1, hi: int = 10**6) -> int:
 
 @router.get("/ui/jobs")
 def jobs_page(request: Request, user: UIUser, db: DB, status: str | None = None, page: str | None = None) -> Response:
-    from hwnas.search import list_jobs
-
     status_ = status if status in JOB_STATUSES else None
-    total = svc.count_jobs(db, owner=user, status=status_)
+    total = count_jobs(db, owner=user, status=status_)
     pages = max(1, math.ceil(total / JOBS_PER_PAGE))
     page_ = min(_int(page, 1), pages)
     items = [JobOut.of(j) for j in list_jobs(db, status=status_, owner=user, limit=JOBS_PER_PAGE,
                                              offset=(page_ - 1) * JOBS_PER_PAGE)]
-    active = any(j.status in _ACTIVE for j in items)
+    active = any(j.status in ACTIVE for j in items)
     return _page(request, "jobs.html", user, title="Jobs", jobs=items, total=total, page=page_, pages=pages,
                  status=status_, statuses=JOB_STATUSES, refresh=REFRESH_S if active else None)
 
@@ -188,8 +186,6 @@ def _owned(db: Database, user: str, raw_id: str) -> Any:
 
 @router.get("/ui/jobs/{job_id}")
 def job_page(request: Request, job_id: str, user: UIUser, db: DB, page: str | None = None) -> Response:
-    from hwnas.search import candidates, front
-
     job = _owned(db, user, job_id)
     if job is None:
         return _not_found(request, user, f"search job {job_id}")
@@ -202,7 +198,7 @@ def job_page(request: Request, job_id: str, user: UIUser, db: DB, page: str | No
     return _page(request, "job.html", user, title=f"Job {job.id}", job=out, front=members,
                  front_ids={m.candidate.id for m in members}, candidates=shown, candidates_total=len(rows),
                  page=page_, pages=pages, exports=svc.job_exports(db, job.id),
-                 refresh=REFRESH_S if job.status in _ACTIVE else None)
+                 refresh=REFRESH_S if job.status in ACTIVE else None)
 
 
 @router.get("/ui/jobs/{job_id}/pareto.png")
@@ -233,8 +229,6 @@ PREDICTOR_METRICS = (("n", "held-out n", "num0"), ("mape", "MAPE", "pct"), ("wit
 
 @router.get("/ui/devices")
 def devices_page(request: Request, user: UIUser, db: DB) -> Response:
-    from hwnas.latency._registry import DeviceRegistry
-
     devices: list[dict[str, Any]] = []
     for d in DeviceRegistry(db).list():
         try:

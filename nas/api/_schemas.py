@@ -7,11 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hwnas.search import CandidateRow, FrontMember, JobInfo
+from hwnas.export import ExportFormat
+from hwnas.jobs import CandidateRow, FrontMember, JobInfo, JobStatus
+from hwnas.search import StrategyName as Strategy
 
-Strategy = Literal["evo", "nsga2", "tpe", "random"]
-ExportFormat = Literal["torchscript", "onnx", "tvm"]
-JobStatus = Literal["queued", "running", "verifying", "finished", "failed", "cancelled", "interrupted"]
 _Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 

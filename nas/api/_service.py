@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 
@@ -16,11 +17,23 @@ from hwnas.api._schemas import (
     MeasurementSummary,
     PredictorOut,
 )
-from hwnas.db import Database
-from hwnas.db._models import Device, Export, Measurement, Predictor, SearchJob
-from hwnas.exceptions import CheckpointError, NotFoundError, SearchError, SearchSpaceError
-from hwnas.search import JobInfo, SearchSpec, get_job
-from hwnas.search._job import strategy_options
+from hwnas.db import Database, Device, Export, Measurement, Predictor, SearchJob
+from hwnas.exceptions import NotFoundError, SearchError, SearchSpaceError
+from hwnas.jobs import (
+    FitnessConfig,
+    JobInfo,
+    SearchSpec,
+    candidates,
+    create_job,
+    front,
+    get_job,
+    get_supernet,
+    plot_front,
+    tuning_to_use,
+)
+from hwnas.latency import DeviceProfile, DeviceRegistry
+from hwnas.search import strategy_options
+from hwnas.search_spaces import list_spaces
 
 
 def owned_job(db: Database, user: str, job_id: int) -> JobInfo:
@@ -31,43 +44,29 @@ def owned_job(db: Database, user: str, job_id: int) -> JobInfo:
     return job
 
 
-def count_jobs(db: Database, *, owner: str, status: str | None) -> int:
-    q = select(func.count()).select_from(SearchJob).where(SearchJob.owner == owner)
-    if status is not None:
-        q = q.where(SearchJob.status == status)
-    with db.session() as s:
-        return int(s.scalar(q) or 0)
-
-
 def spec_of(db: Database, body: JobCreate) -> SearchSpec:
-    """The library's search spec for a request: the space's trained supernet and the device's tuning database."""
-    from hwnas._cli_latency import _tuning_to_use
-    from hwnas.cli import default_checkpoint
-    from hwnas.latency._registry import DeviceRegistry
-    from hwnas.search import FitnessConfig
-    from hwnas.search_spaces import list_spaces
-
+    """The library's search spec for a request: the space's newest registered supernet and the device's tuning
+    database."""
     if body.space not in list_spaces():  # users name shipped spaces only, never files on the server
         raise SearchSpaceError(f"unknown space '{body.space}' (known: {', '.join(list_spaces())})")
-    checkpoint = default_checkpoint(body.space)
-    if not checkpoint.exists():
-        raise CheckpointError(f"no trained supernet for space '{body.space}' on this server "
-                              f"(an admin trains one: hwnas supernet train --space {body.space})")
+    try:
+        net = get_supernet(db, space=body.space)
+    except NotFoundError as e:  # the server lacks it: the request is fine, but cannot be served (not a 404)
+        raise SearchError(f"no trained supernet for space '{body.space}' on this server (an admin trains one: "
+                          f"hwnas supernet train --space {body.space})") from e
     return SearchSpec(space=body.space, device=body.device, latency_ms=body.latency_ms, strategy=body.strategy,
-                      seed=body.seed, supernet=str(checkpoint),
+                      seed=body.seed, supernet=net.path, supernet_id=net.id,
                       options=strategy_options(body.strategy, population=body.population,
                                                generations=body.generations),
                       fitness=FitnessConfig(metric=body.fitness, valid_sentences=body.valid_sentences),
                       extra_constraints=tuple((c.device, c.latency_ms) for c in body.also), workers=body.workers,
                       verify=body.verify,
-                      tuning_dir=_tuning_to_use(DeviceRegistry(db).get(body.device), body.space, untuned=False))
+                      tuning_dir=tuning_to_use(DeviceRegistry(db).get(body.device), body.space))
 
 
 def create_owned_job(db: Database, user: str, body: JobCreate) -> int:
     """Validate and store `body` as `user`'s queued job. A device named in the body that does not exist is the
     body's fault (422), not a missing resource (404)."""
-    from hwnas.search import create_job
-
     try:
         return create_job(db, spec_of(db, body), owner=user)
     except NotFoundError as e:
@@ -94,15 +93,13 @@ def job_exports(db: Database, job_id: int) -> list[ExportOut]:
         return [export_out(r) for r in s.scalars(select(Export).where(Export.job_id == job_id).order_by(Export.id))]
 
 
-def device_out(d: object) -> DeviceOut:
-    return DeviceOut(name=d.name, kind=d.kind, target=d.target, runtime=d.runtime,  # type: ignore[attr-defined]
-                     location=d.location, tracker=d.tracker, rpc_key=d.rpc_key)  # type: ignore[attr-defined]
+def device_out(d: DeviceProfile) -> DeviceOut:
+    return DeviceOut(name=d.name, kind=d.kind, target=d.target, runtime=d.runtime,  # type: ignore[arg-type]
+                     location=d.location, tracker=d.tracker, rpc_key=d.rpc_key)  # type: ignore[arg-type]
 
 
 def device_profile(db: Database, name: str) -> DeviceProfileOut:
     """A device with its measurement count and noise, and its predictors with their held-out accuracy."""
-    from hwnas.latency._registry import DeviceRegistry
-
     dev = DeviceRegistry(db).get(name)
     with db.session() as s:
         cvs = np.array([cv for cv in s.scalars(select(Measurement.latency_cv).join(Device).where(
@@ -129,10 +126,6 @@ _PLOT_LOCK = threading.Lock()  # pyplot keeps global state: one figure at a time
 
 def pareto_png(db: Database, job: JobInfo) -> bytes:
     """The job's Pareto plot (valid loss vs latency, front members marked) as PNG bytes."""
-    import tempfile
-
-    from hwnas.search import candidates, front, plot_front
-
     rows, members = candidates(db, job.id), front(db, job.id)
     with _PLOT_LOCK, tempfile.TemporaryDirectory() as tmp:
         path = plot_front(Path(tmp) / "front.png", title=f"job {job.id}: {job.spec.space} on {job.spec.device}",

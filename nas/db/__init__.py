@@ -1,4 +1,4 @@
-"""The results database: SQLAlchemy 2.0 models, Alembic migrations, transactional sessions.
+"""The results database (`hwnas.db`, folder `nas/db/`): SQLAlchemy 2.0 models, Alembic migrations, sessions.
 
 SQLite by default (a file under $HWNAS_HOME), PostgreSQL or any SQLAlchemy URL through
 `Database(url)` or $HWNAS_DB_URL.
@@ -14,22 +14,44 @@ from hwnas.db._devices import (
     list_devices,
     remove_device,
 )
-from hwnas.db._models import Base, Device, Measurement, Predictor, Supernet, UTCDateTime
-from hwnas.db._session import Database, create_engine_for, masked, resolve_url, upgrade
+from hwnas.db._models import (
+    ApiToken,
+    Base,
+    Candidate,
+    Device,
+    Export,
+    Generation,
+    Measurement,
+    ParetoMember,
+    Predictor,
+    SearchJob,
+    Supernet,
+    User,
+    UTCDateTime,
+)
+from hwnas.db._session import Database, alembic_config, create_engine_for, masked, resolve_url, upgrade
 
 __all__ = [
     "DEVICE_KINDS",
     "DEVICE_LOCATIONS",
     "DEVICE_RUNTIMES",
+    "ApiToken",
     "Base",
+    "Candidate",
     "Database",
     "Device",
     "DeviceRecord",
+    "Export",
+    "Generation",
     "Measurement",
+    "ParetoMember",
     "Predictor",
+    "SearchJob",
     "Supernet",
     "UTCDateTime",
+    "User",
     "add_device",
+    "alembic_config",
     "create_engine_for",
     "get_device",
     "list_devices",

@@ -137,9 +137,6 @@ class Supernet(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-JOB_STATUSES = ("queued", "running", "verifying", "finished", "failed", "cancelled", "interrupted")
-
-
 class SearchJob(Base):
     """One search: its full spec (the job's identity), where it stands, and how it ended."""
 
@@ -151,7 +148,7 @@ class SearchJob(Base):
     device: Mapped[str] = mapped_column(String(128))
     strategy: Mapped[str] = mapped_column(String(16))
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # hwnas.jobs.JobStatus
     error: Mapped[str | None] = mapped_column(Text)
     generation: Mapped[int] = mapped_column(Integer, default=0)  # batches finished
     generations_total: Mapped[int] = mapped_column(Integer)

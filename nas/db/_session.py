@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from hwnas.exceptions import StorageError
 
-__all__ = ["Database", "create_engine_for", "masked", "resolve_url", "upgrade"]
+__all__ = ["Database", "alembic_config", "create_engine_for", "masked", "resolve_url", "upgrade"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT_S = 5  # an unreachable server is reported in seconds, not after the OS's TCP timeout
@@ -86,7 +86,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def _alembic_config() -> Any:
+def alembic_config() -> Any:
     """Alembic's config for the migrations shipped inside the package (no alembic.ini needed)."""
     from alembic.config import Config
 
@@ -103,7 +103,7 @@ def upgrade(url: str | Engine) -> None:
     engine = create_engine_for(url) if isinstance(url, str) else url
     shown = masked(url) if isinstance(url, str) else masked(engine.url)
     try:
-        cfg = _alembic_config()
+        cfg = alembic_config()
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":  # workers starting together: one migrates, the rest wait
                 conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})

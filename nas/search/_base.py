@@ -104,10 +104,10 @@ class Problem:
                 if v < best[0]:
                     best = (float(v), cfg)
         if len(found) < n:
-            raise InfeasibleConstraintError(self._infeasible_message(what, n, len(found), attempts, best[1]))
+            raise InfeasibleConstraintError(self.infeasible_message(what, n, len(found), attempts, best[1]))
         return found
 
-    def _infeasible_message(self, what: str, n: int, got: int, attempts: int, best: SubnetConfig | None) -> str:
+    def infeasible_message(self, what: str, n: int, got: int, attempts: int, best: SubnetConfig | None) -> str:
         budgets = ", ".join(f"{c.max_latency_ms:g} ms on {c.device}" for c in self.constraints)
         msg = f"no {what}: {got} of {n} subnets met the latency budget ({budgets}) in {attempts} tries"
         if best is not None:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from hwnas.search._base import Problem, Strategy
 from hwnas.search._evolution import EvolutionarySearch
 from hwnas.search._optuna import OptunaSearch
 from hwnas.search._random import RandomSearch
 
-__all__ = ["STRATEGIES", "create_strategy"]
+__all__ = ["STRATEGIES", "StrategyName", "create_strategy", "strategy_options"]
 
-STRATEGIES = ("evo", "nsga2", "tpe", "random")
+StrategyName = Literal["evo", "nsga2", "tpe", "random"]
+STRATEGIES: tuple[StrategyName, ...] = get_args(StrategyName)
 _BATCHED = {"batch_size", "batches", "max_attempts_per_subnet"}
 _EVO = {"population", "parents", "mutations", "crossovers", "generations", "mutation_prob", "max_attempts_per_child"}
 
@@ -60,4 +61,15 @@ def _evo_options(options: dict[str, Any]) -> dict[str, Any]:
         parents = max(2, population // 5)
         mutations = (population - parents) // 2
         opts.update(parents=parents, mutations=mutations, crossovers=population - parents - mutations)
+    return opts
+
+
+def strategy_options(strategy: str, *, population: int | None = None, generations: int | None = None) -> dict[str, Any]:
+    """The faces' two size knobs (CLI, API) in every strategy's vocabulary (evo: population / generations, split
+    as HAT)."""
+    opts: dict[str, Any] = {}
+    if population is not None:
+        opts["batch_size"] = population
+    if generations is not None:
+        opts["batches"] = generations
     return opts

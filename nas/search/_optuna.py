@@ -158,7 +158,7 @@ class OptunaSearch(Strategy):
                     self._pending[trial.number] = (cfg, float(lat))
                     batch[cfg] = None
         if found < self.batch_size:
-            raise InfeasibleConstraintError(self.problem._infeasible_message(
+            raise InfeasibleConstraintError(self.problem.infeasible_message(
                 f"{self.name} proposals", self.batch_size, found, attempts, best[1]))
         self._asked = list(batch)
         return list(self._asked)

@@ -16,12 +16,12 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from hwnas.api import Launcher, ServiceSettings, create_app, create_token, create_user
+from hwnas.api import create_app, create_token, create_user
 from hwnas.db import Database
-from hwnas.latency._devices import get_device
-from hwnas.latency._predictor import Sample, create_predictor
-from hwnas.latency._registry import save_predictor
+from hwnas.jobs import Launcher, register_supernet
+from hwnas.latency import Sample, builtin_device, create_predictor, save_predictor
 from hwnas.search_spaces import get_space
+from hwnas.settings import Settings
 from hwnas.supernet import DataSpec, TrainConfig, train_supernet
 from tests.latency.test_predictors import stand_in_latency
 
@@ -45,15 +45,16 @@ class RecordingLauncher(Launcher):
 @pytest.fixture(scope="session")
 def service_home(tmp_path_factory: pytest.TempPathFactory, bible_dir: Path) -> Path:
     """$HWNAS_HOME holding a quickstart supernet trained for a few steps on a slice of the real corpus."""
-    from hwnas.cli import default_checkpoint
-
     home = tmp_path_factory.mktemp("hwnas-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HWNAS_HOME", str(home))
-        out = default_checkpoint("quickstart").parent
-    train_supernet(space=get_space("quickstart"), data=DataSpec.parse(f"files:{bible_dir}:de-en"), out=out,
+    train_supernet(space=get_space("quickstart"), data=DataSpec.parse(f"files:{bible_dir}:de-en"),
+                   out=service_checkpoint(home).parent,
                    config=TrainConfig(steps=4, max_tokens=300, vocab_size=300, warmup_steps=2), progress=False)
     return home
+
+
+def service_checkpoint(home: Path | None = None) -> Path:
+    """The service's quickstart supernet (in `home`, else $HWNAS_HOME): registered by `budget_ms`."""
+    return Settings(**({"home": home} if home else {})).supernet_dir("quickstart", "bible:de-en") / "checkpoint.pt"
 
 
 @pytest.fixture()
@@ -70,13 +71,15 @@ def save_stand_in_predictor(db: Database) -> float:
     subnets = [space.sample(rng) for _ in range(60)]
     pred = create_predictor("layerwise", space, space.source_length_tokens).fit(
         [Sample(c, *stand_in_latency(c), space.source_length_tokens) for c in subnets])
-    save_predictor(db, device=get_device(DEVICE), predictor=pred, metrics={"mape": 0.05, "within_10pct": 0.9},
+    save_predictor(db, device=builtin_device(DEVICE), predictor=pred, metrics={"mape": 0.05, "within_10pct": 0.9},
                    data_key="stand-in")
     return float(np.median(pred.predict(subnets)))
 
 
 @pytest.fixture()
 def budget_ms(db: Database, home: Path) -> float:
+    """The service is ready for jobs: its supernet registered, a predictor stored; returns a budget."""
+    register_supernet(db, service_checkpoint(home))
     return save_stand_in_predictor(db)
 
 
@@ -88,7 +91,7 @@ def launcher() -> RecordingLauncher:
 @pytest.fixture()
 def client(db: Database, home: Path, launcher: RecordingLauncher) -> Iterator[TestClient]:
     # no token cache: a revoked token must be refused at once in these tests (TokenCache is tested on its own)
-    app = create_app(settings=ServiceSettings(db_url=db.url, reconcile_every_s=3600, token_cache_s=0),
+    app = create_app(settings=Settings(db_url=db.url, reconcile_every_s=3600, token_cache_s=0),
                      launcher=launcher)
     with TestClient(app) as c:
         yield c

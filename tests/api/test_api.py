@@ -12,11 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from hwnas._export import load_bundle
-from hwnas.api import run_export
-from hwnas.db import Database
-from hwnas.db._models import ApiToken
-from hwnas.search import FitnessConfig, LocalEvaluator, get_job, run_job
+from hwnas.db import ApiToken, Database
+from hwnas.export import load_bundle
+from hwnas.jobs import FitnessConfig, LocalEvaluator, get_job, run_export, run_job
 from tests.api.conftest import DEVICE, RecordingLauncher
 
 Auth = Callable[..., dict[str, str]]
@@ -35,10 +33,10 @@ def submit(client: TestClient, headers: dict[str, str], budget_ms: float, **chan
 
 def run_here(db: Database, home: Path, job_id: int) -> None:
     """Stands in for the Ray runner: the same run_job, in this process."""
-    from hwnas.cli import default_checkpoint
+    from tests.api.conftest import service_checkpoint
 
-    run_job(db, job_id, evaluator=LocalEvaluator(default_checkpoint("quickstart"), FitnessConfig(valid_sentences=8),
-                                                 threads=1), progress=False)
+    run_job(db, job_id, evaluator=LocalEvaluator(service_checkpoint(), FitnessConfig(valid_sentences=8),
+                                                 threads=1))
 
 
 def test_health_needs_no_token(client: TestClient, db: Database) -> None:
@@ -185,7 +183,7 @@ def test_finished_job_serves_its_front_candidates_plot_and_an_export(client: Tes
 
 def test_a_failed_export_says_why(client: TestClient, db: Database, home: Path, auth: Auth, budget_ms: float,
                                   tmp_path: Path) -> None:
-    from hwnas.db._models import Export
+    from hwnas.db import Export
 
     alice = auth()
     job = submit(client, alice, budget_ms)

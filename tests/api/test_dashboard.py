@@ -21,13 +21,12 @@ import httpx
 import numpy as np
 import pytest
 
-from hwnas.api import ServiceSettings, create_app, create_token, create_user
-from hwnas.db import Database
-from hwnas.db._models import Candidate, Export, Measurement, ParetoMember, Predictor, SearchJob
-from hwnas.latency._devices import builtin_devices
-from hwnas.latency._registry import DeviceRegistry
-from hwnas.search import SearchSpec
+from hwnas.api import create_app, create_token, create_user
+from hwnas.db import Candidate, Database, Export, Measurement, ParetoMember, Predictor, SearchJob
+from hwnas.jobs import SearchSpec
+from hwnas.latency import DeviceRegistry, builtin_devices
 from hwnas.search_spaces import get_space
+from hwnas.settings import Settings
 from tests.api.conftest import RecordingLauncher, live_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -140,7 +139,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         mp.setenv("HWNAS_HOME", str(tmp / "home"))
         db = Database(f"sqlite:///{tmp / 'hwnas.db'}")
         token, ids = fill(db)
-        app = create_app(settings=ServiceSettings(db_url=db.url, reconcile_every_s=3600),
+        app = create_app(settings=Settings(db_url=db.url, reconcile_every_s=3600),
                          launcher=RecordingLauncher())
         try:
             with live_server(app) as base:

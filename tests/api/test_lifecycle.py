@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from hwnas._export import load_bundle
-from hwnas.api import ServiceSettings, create_app
+from hwnas.api import create_app
 from hwnas.db import Database
-from hwnas.search import candidates, get_job
+from hwnas.export import load_bundle
+from hwnas.jobs import candidates, get_job
+from hwnas.settings import Settings
 from tests.api.conftest import DEVICE
 
 pytestmark = pytest.mark.parametrize("db", ["postgresql"], indirect=True)  # what a cluster runs on
@@ -44,13 +45,13 @@ def api(db: Database, home: Path) -> Iterator[Callable[[], TestClient]]:
     """Starts (and restarts) the API with the real RayLauncher on a local Ray; the reconciler runs every second."""
     import ray
 
-    from hwnas.search import init_ray
+    from hwnas.jobs import init_ray
 
     init_ray()  # on this thread: TestClient runs the app on a thread of its own that dies with the client
     clients: list[TestClient] = []
 
     def start() -> TestClient:
-        c = TestClient(create_app(settings=ServiceSettings(db_url=db.url, reconcile_every_s=1.0)))
+        c = TestClient(create_app(settings=Settings(db_url=db.url, reconcile_every_s=1.0)))
         c.__enter__()
         clients.append(c)
         return c

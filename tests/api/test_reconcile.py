@@ -13,15 +13,21 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from hwnas.api import reconcile
 from hwnas.api._schemas import JobCreate
 from hwnas.api._service import create_owned_job
-from hwnas.cli import default_checkpoint
-from hwnas.db import Database
-from hwnas.db._models import Candidate, Export, SearchJob
-from hwnas.search import FitnessConfig, LocalEvaluator, candidates, get_job, run_job
-from hwnas.search._job import JobBusyError, lease_free, runner_id
-from tests.api.conftest import DEVICE, RecordingLauncher
+from hwnas.db import Candidate, Database, Export, SearchJob
+from hwnas.jobs import (
+    FitnessConfig,
+    JobBusyError,
+    LocalEvaluator,
+    candidates,
+    get_job,
+    lease_free,
+    reconcile,
+    run_job,
+    runner_id,
+)
+from tests.api.conftest import DEVICE, RecordingLauncher, service_checkpoint
 
 
 def make_job(db: Database, budget_ms: float, owner: str | None = "alice") -> int:
@@ -65,7 +71,7 @@ def test_a_job_leased_by_a_live_runner_is_not_run_twice(db: Database, home: Path
     set_row(db, job_id, status="running", lease_owner="other-host:4242",
             lease_expires_at=now() + dt.timedelta(minutes=5))
     with pytest.raises(JobBusyError, match="being run by other-host:4242"):
-        run_job(db, job_id, progress=False)
+        run_job(db, job_id)
     info = get_job(db, job_id)
     assert (info.status, info.lease_owner, info.attempts) == ("running", "other-host:4242", 0)  # untouched
 
@@ -80,8 +86,8 @@ def test_a_runner_that_lost_its_lease_stops(db: Database, home: Path, budget_ms:
 
     job_id = make_job(db, budget_ms)
     with pytest.raises(JobBusyError, match="lease lost to other-host:1"):
-        run_job(db, job_id, evaluator=Usurped(default_checkpoint("quickstart"), FitnessConfig(valid_sentences=8),
-                                              threads=1), progress=False)
+        run_job(db, job_id, evaluator=Usurped(service_checkpoint(), FitnessConfig(valid_sentences=8),
+                                              threads=1))
     info = get_job(db, job_id)
     assert info.lease_owner == "other-host:1" and info.status == "running"  # left to the new holder
     assert candidates(db, job_id) == []  # nothing written after the lease was lost
@@ -109,8 +115,8 @@ def test_reconcile_starts_resumes_and_fails(db: Database, home: Path, budget_ms:
 
 def test_reconcile_restarts_pending_exports_only(db: Database, home: Path, budget_ms: float) -> None:
     job_id = make_job(db, budget_ms)
-    run_job(db, job_id, evaluator=LocalEvaluator(default_checkpoint("quickstart"), FitnessConfig(valid_sentences=8),
-                                                 threads=1), progress=False)
+    run_job(db, job_id, evaluator=LocalEvaluator(service_checkpoint(), FitnessConfig(valid_sentences=8),
+                                                 threads=1))
     with db.session() as s:
         cid = s.scalar(select(Candidate.id).where(Candidate.job_id == job_id).limit(1))
         rows = [Export(job_id=job_id, candidate_id=cid, format="onnx", path="/x", status=st)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hwnas.api import ServiceSettings, create_app, create_token, create_user
+from hwnas.api import create_app, create_token, create_user
 from hwnas.db import Database
+from hwnas.settings import Settings
 from tests.api.conftest import RecordingLauncher, live_server, save_stand_in_predictor
 
 
@@ -30,7 +31,7 @@ def server(service_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         token = create_token(db, "fuzz")
         create_owned_job(db, "fuzz", JobCreate(space="quickstart", device=DEVICE, latency_ms=budget_ms,
                                                population=8, generations=1, verify=False))
-        app = create_app(settings=ServiceSettings(db_url=db.url, reconcile_every_s=3600),
+        app = create_app(settings=Settings(db_url=db.url, reconcile_every_s=3600),
                          launcher=RecordingLauncher())
         with live_server(app) as base:
             yield base, token

@@ -10,9 +10,17 @@ import pytest
 import torch
 
 from hwnas.exceptions import MeasurementError
-from hwnas.kernels import BuildInput, TVMBuilder, build_one, host_target, make_target
-from hwnas.kernels._build import subnet_model
-from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, example_inputs
+from hwnas.kernels import (
+    BuildInput,
+    DecoderStepGraph,
+    EncoderGraph,
+    TVMBuilder,
+    build_one,
+    example_inputs,
+    host_target,
+    make_target,
+    subnet_model,
+)
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet import ModelConfig, SuperTransformer
 
@@ -94,8 +102,7 @@ def test_host_target_is_explicit() -> None:
 
 def test_cuda_code_generates_without_a_gpu(tmp_path: Path, tiny_space: SearchSpace, tiny_mc: ModelConfig) -> None:
     """The apache-tvm wheel carries CUDA codegen: a GPU library builds on a machine without a GPU."""
-    from hwnas.kernels import export_relax
-    from hwnas.kernels._build import compile_module
+    from hwnas.kernels import compile_module, export_relax
 
     model = subnet_model(BuildInput(tiny_space.smallest(), tiny_mc, {"kind": "cuda"}))
     mod = export_relax(model, batch=1, source_length_tokens=4, cache_len=4)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hwnas.kernels import host_target
-from hwnas.kernels._tune import tune_space
+from hwnas.kernels import host_target, tune_space
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet import ModelConfig
 

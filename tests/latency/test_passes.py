@@ -10,9 +10,17 @@ from pathlib import Path
 import pytest
 
 from hwnas.kernels import BuildInput, build_one, host_target
-from hwnas.latency import MeasureConfig, RunInput, RunResult, TorchRunner, TVMLocalRunner, cv, median
-from hwnas.latency._collect import MeasurementRecord
-from hwnas.latency._protocol import split_passes
+from hwnas.latency import (
+    MeasureConfig,
+    MeasurementRecord,
+    RunInput,
+    RunResult,
+    TorchRunner,
+    TVMLocalRunner,
+    cv,
+    median,
+    split_passes,
+)
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet import ModelConfig
 
@@ -163,7 +171,7 @@ def test_a_failing_subnet_is_an_error_record_and_the_others_go_on(runner_cls: ty
 
 def test_passes_without_interleaving_time_each_pass_back_to_back(inputs: list[RunInput]) -> None:
     """The one-subnet job (RPC, bench/noise.py's same-process case) also times `passes` passes."""
-    from hwnas.latency._runner import _measure_tvm_local
+    from hwnas.latency import measure_tvm_local
 
-    enc, dec = _measure_tvm_local(inputs[0].artifact, PASSES)  # type: ignore[arg-type]
+    enc, dec = measure_tvm_local(inputs[0].artifact, PASSES)  # type: ignore[arg-type]
     assert len(enc) == len(dec) == PASSES.timed_runs

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hwnas.latency._predictor import (
+from hwnas.latency import (
     PREDICTORS,
     HatMLPPredictor,
     LatencyPredictor,

@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hwnas.latency import MeasureConfig, RunResult
-from hwnas.latency._collect import MeasurementRecord, drift_corrected, measure, reference_subnet
-from hwnas.latency._devices import local_cpu_profile
+from hwnas.latency import (
+    MeasureConfig,
+    MeasurementRecord,
+    RunResult,
+    drift_corrected,
+    local_cpu_profile,
+    measure,
+    reference_subnet,
+)
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet import ModelConfig
 

@@ -21,14 +21,18 @@ import pytest
 import torch
 
 from hwnas.exceptions import MeasurementError
-from hwnas.kernels import DECODER_STEP, ENCODER, BuildInput, build_one
-from hwnas.kernels._build import subnet_model
-from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, input_specs, random_inputs
-from hwnas.latency import MeasureConfig
-from hwnas.latency._collect import measure
-from hwnas.latency._devices import DeviceProfile
-from hwnas.latency._rpc import loopback_rpc
-from hwnas.latency._runner import parse_tracker
+from hwnas.kernels import (
+    DECODER_STEP,
+    ENCODER,
+    BuildInput,
+    DecoderStepGraph,
+    EncoderGraph,
+    build_one,
+    input_specs,
+    random_inputs,
+    subnet_model,
+)
+from hwnas.latency import DeviceProfile, MeasureConfig, loopback_rpc, measure, parse_tracker
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet import ModelConfig
 

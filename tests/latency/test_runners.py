@@ -18,11 +18,11 @@ from hwnas.latency import (
     TorchRunner,
     TVMLocalRunner,
     cv,
+    loopback_rpc,
     median,
     time_calls,
     trimmed_mean,
 )
-from hwnas.latency._rpc import loopback_rpc
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet import ModelConfig
 
@@ -139,7 +139,7 @@ def test_tvm_cuda_library_runs_on_the_gpu(tmp_path: Path, tiny_space: SearchSpac
 
 
 def test_protocol_follows_the_space_sentence_length() -> None:
-    from hwnas.latency._devices import local_cpu_profile, protocol_for
+    from hwnas.latency import local_cpu_profile, protocol_for
     from hwnas.search_spaces import get_space
 
     device = local_cpu_profile()

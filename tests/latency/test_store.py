@@ -11,11 +11,21 @@ import pytest
 
 from hwnas.db import Database
 from hwnas.exceptions import DuplicateError, MeasurementError, NotFoundError
-from hwnas.latency import MeasureConfig, RunResult
-from hwnas.latency._collect import InMemoryStore, MeasurementRecord, MeasurementStore
-from hwnas.latency._devices import DeviceProfile, local_cpu_profile
-from hwnas.latency._predictor import LayerwisePredictor, Sample
-from hwnas.latency._registry import DeviceRegistry, SQLMeasurementStore, load_predictor, save_predictor
+from hwnas.latency import (
+    DeviceProfile,
+    DeviceRegistry,
+    InMemoryStore,
+    LayerwisePredictor,
+    MeasureConfig,
+    MeasurementRecord,
+    MeasurementStore,
+    RunResult,
+    Sample,
+    SQLMeasurementStore,
+    load_predictor,
+    local_cpu_profile,
+    save_predictor,
+)
 from hwnas.search_spaces import SearchSpace
 from tests.conftest import BACKENDS, open_db
 
@@ -83,7 +93,7 @@ def test_device_registry(db: Database) -> None:
 
 def test_a_builtin_devices_row_follows_its_current_protocol(db: Database) -> None:
     """An older release stored local-cpu with its protocol then (one pass): the row is brought up to date."""
-    from hwnas.db._devices import get_device
+    from hwnas.db import get_device
 
     reg, current = DeviceRegistry(db), local_cpu_profile()
     older = dataclasses.replace(current, protocol=dataclasses.replace(current.protocol, passes=1),

@@ -34,7 +34,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory, bible_dir: Path) -> tuple[Pa
     r = hwnas("latency", "train", *common, "--kinds", "layerwise", home=home)
     assert r.returncode == 0, r.stderr
     from hwnas.db import Database
-    from hwnas.latency._registry import load_predictor
+    from hwnas.latency import load_predictor
     from hwnas.search_spaces import SearchSpace
 
     tiny = SearchSpace.from_dict(TINY_SPACE_DICT)
@@ -68,7 +68,7 @@ def test_search_run_show_and_list(setup: tuple[Path, Path, Path, float]) -> None
 
 def _job_result(home: Path, job: int) -> tuple[str, dict[str, float | None]]:
     from hwnas.db import Database
-    from hwnas.search import candidates, get_job
+    from hwnas.jobs import candidates, get_job
 
     db = Database(f"sqlite:///{home / 'hwnas.db'}")
     return get_job(db, job).status, {c.subnet.key(): c.loss for c in candidates(db, job)}

@@ -55,9 +55,9 @@ def test_migrations_apply_from_empty_and_are_idempotent(db: Database) -> None:
     from alembic.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
-    from hwnas.db._session import _alembic_config
+    from hwnas.db import alembic_config
 
-    cfg = _alembic_config()
+    cfg = alembic_config()
     with db.engine.begin() as conn:  # back to an empty schema...
         cfg.attributes["connection"] = conn
         command.downgrade(cfg, "base")

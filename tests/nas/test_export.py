@@ -14,12 +14,10 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from hwnas._export import FORMATS, LatencyCertificate, export_bundle, load_bundle
 from hwnas.exceptions import ExportError, MeasurementError
-from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, input_specs
-from hwnas.latency import MeasureConfig, RunResult
-from hwnas.latency._collect import MeasurementRecord, measure
-from hwnas.latency._devices import DeviceProfile, get_device
+from hwnas.export import FORMATS, LatencyCertificate, export_bundle, load_bundle
+from hwnas.kernels import DecoderStepGraph, EncoderGraph, input_specs
+from hwnas.latency import DeviceProfile, MeasureConfig, MeasurementRecord, RunResult, builtin_device, measure
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import (
     ModelConfig,
@@ -236,7 +234,7 @@ def test_traced_in_eval_mode_and_mode_restored(tmp_path: Path, tiny_space: Searc
 def measured(tiny_space: SearchSpace, tiny_mc: ModelConfig,
              model: SubTransformer) -> tuple[MeasurementRecord, DeviceProfile]:
     """A real measurement of the model's subnet with PyTorch eager on this CPU (a short protocol: seconds)."""
-    device = dataclasses.replace(get_device("local-cpu-torch"),
+    device = dataclasses.replace(builtin_device("local-cpu-torch"),
                                  protocol=MeasureConfig(warmup_runs=2, timed_runs=15, threads=1))
     (record,) = measure(device=device, space=tiny_space, model_config=tiny_mc, subnets=[model.cfg], timeout_s=300)
     assert record.result.ok, record.result.error
@@ -306,7 +304,7 @@ def test_certificate_refuses_failed_or_foreign_records(measured: tuple[Measureme
     with pytest.raises(ExportError, match="worker died"):
         LatencyCertificate.from_record(failed, device)
     with pytest.raises(ExportError, match="not 'local-cpu'"):
-        LatencyCertificate.from_record(record, get_device("local-cpu"))
+        LatencyCertificate.from_record(record, builtin_device("local-cpu"))
 
 
 def test_bundle_carries_its_certificate(tmp_path: Path, measured: tuple[MeasurementRecord, DeviceProfile],

@@ -51,10 +51,10 @@ def _printed_paths(output: str) -> dict[str, str]:
 
 
 def test_quickstart_produces_every_artifact(run: tuple[Path, str, dict]) -> None:
-    from hwnas._export import load_bundle
     from hwnas.db import Database
-    from hwnas.latency._registry import SQLMeasurementStore, list_predictors
-    from hwnas.search import front, get_job
+    from hwnas.export import load_bundle
+    from hwnas.jobs import front, get_job
+    from hwnas.latency import SQLMeasurementStore, list_predictors
     from hwnas.supernet import read_checkpoint
 
     home, output, summary = run
@@ -92,7 +92,7 @@ def test_quickstart_rerun_reuses_the_cached_stages(run: tuple[Path, str, dict], 
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A second run trains and tunes nothing: same checkpoint file (untouched), same tuning records."""
     import hwnas._cli_quickstart as qs
-    from hwnas._cli_latency import _device
+    from hwnas.cli._latency import _device
     from hwnas.search_spaces import get_space
 
     home, _, first = run

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hwnas.exceptions import CheckpointError
-from hwnas.search import Evaluator, FitnessConfig, LocalEvaluator, RayEvaluator
+from hwnas.jobs import Evaluator, FitnessConfig, LocalEvaluator, RayEvaluator
 from hwnas.search_spaces import SearchSpace
 from tests.search.test_jobs import checkpoint  # noqa: F401 - the module's trained tiny supernet fixture
 

@@ -10,13 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hwnas._export import load_bundle
 from hwnas.db import Database
 from hwnas.exceptions import CheckpointError, InfeasibleConstraintError, NotFoundError, SearchError
-from hwnas.latency._devices import get_device
-from hwnas.latency._predictor import Sample, create_predictor
-from hwnas.latency._registry import save_predictor
-from hwnas.search import (
+from hwnas.export import load_bundle
+from hwnas.jobs import (
     Evaluator,
     FitnessConfig,
     LocalEvaluator,
@@ -28,9 +25,10 @@ from hwnas.search import (
     export_candidate,
     front,
     get_job,
-    pareto_mask,
     run_job,
 )
+from hwnas.latency import Sample, builtin_device, create_predictor, save_predictor
+from hwnas.search import pareto_mask
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import DataSpec, TrainConfig, train_supernet
 from tests.latency.test_predictors import stand_in_latency
@@ -64,7 +62,7 @@ def budget_ms(db: Database, tiny_space: SearchSpace) -> float:
     subnets = [tiny_space.sample(rng) for _ in range(40)]
     stand_in_samples = [Sample(c, *stand_in_latency(c), steps) for c in subnets]
     pred = create_predictor("layerwise", tiny_space, steps).fit(stand_in_samples)
-    save_predictor(db, device=get_device(DEVICE), predictor=pred, metrics={}, data_key="stand-in")
+    save_predictor(db, device=builtin_device(DEVICE), predictor=pred, metrics={}, data_key="stand-in")
     return float(np.median(pred.predict(subnets)))
 
 
@@ -110,7 +108,7 @@ def local(checkpoint: Path) -> LocalEvaluator:
 def test_job_runs_to_a_stored_front(db: Database, spec: Callable[..., SearchSpec],
         local: LocalEvaluator, budget_ms: float) -> None:
     job_id = create_job(db, spec())
-    info = run_job(db, job_id, evaluator=local, progress=False)
+    info = run_job(db, job_id, evaluator=local)
     assert info.status == "finished" and info.generation == info.generations_total == 3
     rows = candidates(db, job_id)
     assert len(rows) == info.evaluations == len({r.subnet for r in rows})  # each subnet evaluated once
@@ -126,19 +124,19 @@ def test_job_runs_to_a_stored_front(db: Database, spec: Callable[..., SearchSpec
 
 def test_killed_job_resumes_to_the_same_result(db: Database, spec: Callable[..., SearchSpec],
         local: LocalEvaluator, budget_ms: float) -> None:
-    full = run_job(db, create_job(db, spec()), evaluator=local, progress=False)
+    full = run_job(db, create_job(db, spec()), evaluator=local)
     reference = {r.subnet.key(): r.loss for r in candidates(db, full.id)}
 
     job_id = create_job(db, spec())
     first = CountingEvaluator(local, stop_after=11)  # mid-way through the second generation
     with pytest.raises(KeyboardInterrupt):
-        run_job(db, job_id, evaluator=first, progress=False)
+        run_job(db, job_id, evaluator=first)
     cut = get_job(db, job_id)
     assert cut.status == "interrupted" and cut.generation == 1
     assert len(candidates(db, job_id)) == 11  # the cut generation's finished evaluations were kept
 
     second = CountingEvaluator(local)
-    resumed = run_job(db, job_id, evaluator=second, progress=False)
+    resumed = run_job(db, job_id, evaluator=second)
     assert resumed.status == "finished"
     assert not set(first.scored) & set(second.scored)  # nothing evaluated twice
     assert len(first.scored) + len(second.scored) == full.evaluations  # nothing lost
@@ -150,16 +148,16 @@ def test_failure_and_cancel_never_leave_a_job_running(db: Database, spec: Callab
         local: LocalEvaluator, budget_ms: float) -> None:
     job_id = create_job(db, spec())
     with pytest.raises(RuntimeError):
-        run_job(db, job_id, evaluator=CountingEvaluator(local, stop_after=3, action="fail"), progress=False)
+        run_job(db, job_id, evaluator=CountingEvaluator(local, stop_after=3, action="fail"))
     failed = get_job(db, job_id)
     assert failed.status == "failed" and "worker pool lost" in (failed.error or "")
 
     job_id = create_job(db, spec())
     stopper = CountingEvaluator(local, stop_after=2, action="cancel", db=db, job_id=job_id)
-    assert run_job(db, job_id, evaluator=stopper, progress=False).status == "cancelled"
+    assert run_job(db, job_id, evaluator=stopper).status == "cancelled"
     assert len(stopper.scored) == 3  # stopped at the candidate after the cancel, not at the end of the search
     with pytest.raises(SearchError, match="is cancelled"):
-        run_job(db, job_id, evaluator=local, progress=False)
+        run_job(db, job_id, evaluator=local)
 
 
 def test_bad_specs_are_refused_at_submission(db: Database, spec: Callable[..., SearchSpec], tmp_path: Path) -> None:
@@ -177,7 +175,7 @@ def test_bad_specs_are_refused_at_submission(db: Database, spec: Callable[..., S
 
 
 def _jobs(db: Database) -> list[object]:
-    from hwnas.search import list_jobs
+    from hwnas.jobs import list_jobs
 
     return list_jobs(db)
 
@@ -185,7 +183,7 @@ def _jobs(db: Database) -> list[object]:
 def test_front_is_measured_then_exported(db: Database, spec: Callable[..., SearchSpec],
         local: LocalEvaluator, budget_ms: float, tmp_path: Path) -> None:
     job_id = create_job(db, spec(verify=True))
-    assert run_job(db, job_id, evaluator=local, progress=False).status == "finished"
+    assert run_job(db, job_id, evaluator=local).status == "finished"
     members = front(db, job_id)
     assert members
     for m in members:

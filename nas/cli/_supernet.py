@@ -1,64 +1,25 @@
-"""The `hwnas` command line. Errors from hwnas reach the user as one line and exit code 2."""
+"""`hwnas spaces ...` and `hwnas supernet ...`: search spaces; train, register, list, evaluate and extract supernets."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
-from platformdirs import user_data_dir
-from rich.console import Console
 from rich.table import Table
 
-from hwnas.exceptions import HwnasError, SearchSpaceError
+from hwnas.cli._common import console, db, load_subnet, settings
 
-if TYPE_CHECKING:  # heavy imports (torch) wait until a command needs them
-    from hwnas.search_spaces import SearchSpace, SubnetConfig
-
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
-                  help="Hardware-aware neural architecture search for Transformers (HAT).")
 spaces_app = typer.Typer(no_args_is_help=True, help="Shipped and user search spaces.")
-supernet_app = typer.Typer(no_args_is_help=True, help="Train and evaluate weight-sharing SuperTransformers.")
-app.add_typer(spaces_app, name="spaces")
-app.add_typer(supernet_app, name="supernet")
-console = Console()
+supernet_app = typer.Typer(no_args_is_help=True, help="Train, register and evaluate weight-sharing SuperTransformers.")
 
 
-def home() -> Path:
-    """Where hwnas keeps its data: $HWNAS_HOME, else the user's data directory."""
-    return Path(os.environ.get("HWNAS_HOME") or user_data_dir("hwnas"))
+def _checkpoint(path: Path | None, space: str = "quickstart") -> Path:
+    """`path`, else the newest supernet registered for `space`."""
+    from hwnas.jobs import get_supernet
 
-
-def default_supernet_dir(space: str, data: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{Path(space).stem}-{data}")
-    return home() / "supernets" / safe
-
-
-def default_checkpoint(space: str = "quickstart") -> Path:
-    """The checkpoint `hwnas supernet train --space SPACE` writes with its other defaults."""
-    from hwnas.supernet import DataSpec
-
-    return default_supernet_dir(space, str(DataSpec.parse("bible:de-en"))) / "checkpoint.pt"
-
-
-def _load_subnet(spec: str, space: SearchSpace) -> SubnetConfig:
-    """A subnet from a JSON file, or the space's 'largest' / 'smallest'; checked against the space."""
-    from hwnas.search_spaces import SubnetConfig
-
-    if spec in ("largest", "smallest"):
-        return space.largest() if spec == "largest" else space.smallest()
-    path = Path(spec)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise SearchSpaceError(f"subnet file '{path}' cannot be read: {getattr(e, 'strerror', None) or e}") from e
-    try:
-        return space.validate(SubnetConfig.from_json(text))
-    except SearchSpaceError as e:
-        raise SearchSpaceError(f"subnet file '{path}': {e}") from e
+    return path or Path(get_supernet(db(), space=space).path)
 
 
 # -- spaces ------------------------------------------------------------------------------
@@ -104,6 +65,7 @@ def supernet_train(
     """Train a SuperTransformer on real parallel text, one sampled subnet per step."""
     import torch
 
+    from hwnas.jobs import register_supernet
     from hwnas.search_spaces import get_space
     from hwnas.supernet import DataSpec, TrainConfig, train_supernet
 
@@ -111,18 +73,21 @@ def supernet_train(
         torch.set_num_threads(threads)
     space_obj = get_space(space)
     spec = DataSpec.parse(data)
-    out = out or default_supernet_dir(space, str(spec))
+    out = out or settings().supernet_dir(space, str(spec))
     cfg = TrainConfig(steps=steps, max_tokens=max_tokens, lr=lr, warmup_steps=warmup, vocab_size=vocab_size,
                       sandwich=sandwich, seed=seed)
     result = train_supernet(space=space_obj, data=spec, out=out, config=cfg, resume=resume)
+    registered = register_supernet(db(), result.checkpoint)
     console.print(f"checkpoint: {result.checkpoint}  step {result.step}  train loss {result.train_loss:.3f}  "
-                  f"{result.tokens_per_s:.0f} tokens/s  {result.seconds_per_step:.3f} s/step")
+                  f"{result.tokens_per_s:.0f} tokens/s  {result.seconds_per_step:.3f} s/step  "
+                  f"(registered as supernet {registered.id})")
 
 
 @supernet_app.command("eval")
 def supernet_eval(
     subnet: Annotated[str, typer.Option(help="Subnet JSON file, or 'largest' / 'smallest'")] = "largest",
-    checkpoint: Annotated[Path | None, typer.Option(help="Supernet checkpoint")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Supernet checkpoint (default: the newest registered "
+                                                          "for the quickstart space)")] = None,
     split: Annotated[str, typer.Option(help="valid or test")] = "valid",
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N sentences")] = None,
     beam: Annotated[int, typer.Option(min=1)] = 4,
@@ -132,9 +97,9 @@ def supernet_eval(
     """Valid loss and BLEU of a subnet with weights inherited from the supernet."""
     from hwnas.supernet import DataSpec, evaluate_subnet, load_supernet
 
-    ckpt = checkpoint or default_checkpoint()
+    ckpt = _checkpoint(checkpoint)
     loaded = load_supernet(ckpt)
-    cfg = _load_subnet(subnet, loaded.model.space)
+    cfg = load_subnet(subnet, loaded.model.space)
     corpus = DataSpec.parse(loaded.data).load(split)
     if limit:
         corpus = corpus.head(limit)
@@ -153,49 +118,35 @@ def supernet_eval(
 def supernet_extract(
     out: Annotated[Path, typer.Option(help="Where to write the standalone model (.pt)")],
     subnet: Annotated[str, typer.Option(help="Subnet JSON file, or 'largest' / 'smallest'")] = "largest",
-    checkpoint: Annotated[Path | None, typer.Option(help="Supernet checkpoint")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Supernet checkpoint (default: the newest registered "
+                                                          "for the quickstart space)")] = None,
 ) -> None:
     """Write one subnet as a standalone SubTransformer: its own weights, config and tokenizer."""
     from hwnas.supernet import load_supernet, save_subtransformer
 
-    loaded = load_supernet(checkpoint or default_checkpoint())
-    model = loaded.model.extract_subnet(_load_subnet(subnet, loaded.model.space))
+    loaded = load_supernet(_checkpoint(checkpoint))
+    model = loaded.model.extract_subnet(load_subnet(subnet, loaded.model.space))
     save_subtransformer(out, model, loaded.tokenizer)
     params = sum(p.numel() for p in model.parameters())
     console.print(f"wrote {out}: {params / 1e6:.2f}M parameters (the supernet has "
                   f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M)")
 
 
-def _register_subcommands() -> None:
-    from hwnas._cli_latency import devices_app, kernels_app, latency_app
-    from hwnas._cli_quickstart import quickstart_command
-    from hwnas._cli_search import export_command, search_app
-    from hwnas._cli_service import serve_command, tokens_app, users_app
+@supernet_app.command("register")
+def supernet_register(checkpoint: Annotated[Path, typer.Argument(help="A supernet checkpoint (.pt)")]) -> None:
+    """Register a checkpoint trained elsewhere, so search jobs of its space can find it."""
+    from hwnas.jobs import register_supernet
 
-    app.add_typer(devices_app, name="devices")
-    app.add_typer(kernels_app, name="kernels")
-    app.add_typer(latency_app, name="latency")
-    app.add_typer(search_app, name="search")
-    app.command("export")(export_command)
-    app.command("quickstart")(quickstart_command)
-    app.command("serve")(serve_command)
-    app.add_typer(users_app, name="users")
-    app.add_typer(tokens_app, name="tokens")
+    info = register_supernet(db(), checkpoint)
+    console.print(f"supernet {info.id}: {info.space} on {info.data}, step {info.step}, {info.path}")
 
 
-_register_subcommands()
+@supernet_app.command("list")
+def supernet_list(space: Annotated[str | None, typer.Option(help="Only this space's")] = None) -> None:
+    """Registered supernets, newest first (a search job uses the newest of its space)."""
+    from hwnas.jobs import list_supernets
 
-
-def main() -> None:
-    try:
-        app()
-    except HwnasError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-
-
-if __name__ == "__main__":
-    main()
+    table = Table("id", "space", "data", "step", "registered (UTC)", "checkpoint")
+    for n in list_supernets(db(), space=space):
+        table.add_row(str(n.id), n.space, n.data, str(n.step), f"{n.created_at:%Y-%m-%d %H:%M}", n.path)
+    console.print(table)

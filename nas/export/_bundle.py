@@ -34,26 +34,36 @@ import warnings
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+import hwnas
 from hwnas.exceptions import ExportError, HwnasError
-from hwnas.kernels._build import DECODER_STEP, ENCODER
-from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, Spec, example_inputs, input_specs
+from hwnas.kernels import (
+    DECODER_STEP,
+    ENCODER,
+    BuildInput,
+    DecoderStepGraph,
+    EncoderGraph,
+    GraphSpec,
+    build_one,
+    example_inputs,
+    host_target,
+    input_specs,
+    make_target,
+)
+from hwnas.latency import DeviceProfile, MeasurementRecord, RunResult, cv, split_passes, tvm_device
 from hwnas.search_spaces import SubnetConfig
 from hwnas.supernet import ModelConfig, SubTransformer, load_subtransformer, save_subtransformer
-
-if TYPE_CHECKING:
-    from hwnas.latency._collect import MeasurementRecord
-    from hwnas.latency._devices import DeviceProfile
 
 __all__ = [
     "BUNDLE_FORMAT",
     "FORMATS",
     "Bundle",
+    "ExportFormat",
     "LatencyCertificate",
     "export_bundle",
     "export_onnx",
@@ -62,8 +72,8 @@ __all__ = [
     "onnx_session",
 ]
 
-Format = Literal["torchscript", "onnx", "tvm"]
-FORMATS: tuple[str, ...] = ("torchscript", "onnx", "tvm")
+ExportFormat = Literal["torchscript", "onnx", "tvm"]
+FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 BUNDLE_FORMAT = "hwnas-bundle/1"
 MANIFEST, CONFIG, TOKENIZER, WEIGHTS, CERTIFICATE = (
     "manifest.json", "config.json", "tokenizer.json", "weights.pt", "certificate.json")
@@ -138,8 +148,6 @@ class LatencyCertificate:
     def _runs(self) -> tuple[np.ndarray, np.ndarray]:
         """The runs the figures come from: all of them, or the quietest pass of a multi-pass protocol
         (the same runs `RunResult.latency_ms` takes its figure from)."""
-        from hwnas.latency._protocol import RunResult, split_passes
-
         passes = int(self.protocol.get("passes", 1))
         if passes == 1:
             return np.asarray(self.encoder_ms), np.asarray(self.decoder_step_ms)
@@ -169,8 +177,6 @@ class LatencyCertificate:
     @property
     def latency_cv(self) -> float:
         """Noise of the measurement: the larger coefficient of variation (std/mean) of its two parts."""
-        from hwnas.latency._protocol import cv
-
         enc, dec = self._runs()
         return max(cv(enc), cv(dec))
 
@@ -288,8 +294,6 @@ def _export_torchscript(model: SubTransformer, out_dir: Path, *, source_length_t
 
 def _export_tvm(model: SubTransformer, out_dir: Path, *, source_length_tokens: int, cache_len: int,
                 target: dict[str, Any], tuning_dir: str | None) -> None:
-    from hwnas.kernels import BuildInput, build_one
-
     # build_one loads the weights from weights.pt (already in out_dir), so the library holds this model's.
     build_one(BuildInput(model.cfg, model.mc, target, batch=BATCH, source_length_tokens=source_length_tokens,
                          cache_len=cache_len, tuning_dir=tuning_dir, weights=str(out_dir / WEIGHTS)), str(out_dir))
@@ -303,8 +307,6 @@ def _version(pkg: str) -> str | None:
 
 
 def _versions() -> dict[str, str | None]:
-    import hwnas
-
     return {"hwnas": hwnas.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "tvm": _version("apache-tvm"), "tvm_ffi": _version("apache-tvm-ffi"), "onnx": _version("onnx"),
             "onnxruntime": _version("onnxruntime"), "tokenizers": _version("tokenizers")}
@@ -315,7 +317,7 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _spec_json(specs: Sequence[Spec]) -> list[dict[str, Any]]:
+def _spec_json(specs: Sequence[GraphSpec]) -> list[dict[str, Any]]:
     return [{"name": n, "shape": list(shape), "dtype": dtype} for n, shape, dtype in specs]
 
 
@@ -353,7 +355,7 @@ def _check_free(out: Path) -> None:
                           f"(remove it or choose another)")
 
 
-def export_bundle(*, model: SubTransformer, tokenizer: Tokenizer, out_dir: str | Path, fmt: Format,
+def export_bundle(*, model: SubTransformer, tokenizer: Tokenizer, out_dir: str | Path, fmt: ExportFormat,
                   certificate: LatencyCertificate | None = None, target: dict[str, Any] | None = None,
                   tuning_dir: str | None = None, source_length_tokens: int | None = None,
                   cache_len: int | None = None) -> Path:
@@ -392,8 +394,6 @@ def export_bundle(*, model: SubTransformer, tokenizer: Tokenizer, out_dir: str |
                           f"the model is subnet {model.cfg.key()}")
     _check_free(out)
     if fmt == "tvm":
-        from hwnas.kernels import host_target, make_target
-
         target = json.loads(json.dumps(target)) if target is not None else host_target()
         make_target(target)  # a bad target fails now, in one line, before minutes of work
         if tuning_dir is not None and not Path(tuning_dir).is_dir():
@@ -488,7 +488,7 @@ class Bundle:
         """The model's ModelConfig (vocabulary size, Q/K/V width, special token ids)."""
         return ModelConfig(**self.config["model_config"])
 
-    def input_specs(self) -> dict[str, list[Spec]]:
+    def input_specs(self) -> dict[str, list[GraphSpec]]:
         """(name, shape, dtype) of every input of each graph, in call order."""
         return {g: [(s["name"], tuple(s["shape"]), s["dtype"]) for s in self.config["inputs"][g]] for g in GRAPHS}
 
@@ -571,10 +571,9 @@ class _TVMRuntime(_Runtime):
         import tvm
         from tvm.runtime.vm import VirtualMachine  # runtime only: works where the TVM compiler is absent
 
-        from hwnas.latency._runner import _tvm_device
 
         meta = json.loads((path / TVM_META).read_text())
-        self.dev = _tvm_device(meta["target"])  # before loading: it may register the CUDA loader
+        self.dev = tvm_device(meta["target"])  # before loading: it may register the CUDA loader
         self.vm = VirtualMachine(tvm.runtime.load_module(str(path / meta["library"])), self.dev)
 
     def run(self, graph: str, arrays: list[np.ndarray], names: list[str]) -> list[np.ndarray]:

@@ -3,36 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from hwnas._cli_latency import _db, _device  # one database and device lookup for every command
+from hwnas.cli._common import JobBars, console, db, device, settings
+from hwnas.exceptions import SearchError
+
+if TYPE_CHECKING:
+    from hwnas.db import Database
 
 search_app = typer.Typer(no_args_is_help=True, help="Latency-constrained search jobs (HAT evolution, NSGA-II, TPE).")
-console = Console()
 
 JobArg = Annotated[int, typer.Argument(help="Search job id")]
 
 
 def default_plot_path(job_id: int) -> Path:
-    from hwnas.cli import home
-
-    return home() / "jobs" / f"job-{job_id}-pareto.png"
+    return settings().jobs_dir() / f"job-{job_id}-pareto.png"
 
 
 @search_app.command("run")
 def search_run(
     space: Annotated[str, typer.Option("--space", help="Search space name or .json file")] = "quickstart",
-    device: Annotated[str, typer.Option("--device", help="Device profile (needs a trained latency predictor)")] =
+    device_name: Annotated[str, typer.Option("--device", help="Device profile (needs a trained latency predictor)")] =
         "local-cpu",
     latency_ms: Annotated[float, typer.Option("--latency-ms", help="Latency budget on the device (ms)")] = ...,  # type: ignore[assignment]
     strategy: Annotated[str, typer.Option(help="evo | nsga2 | tpe | random")] = "evo",
     workers: Annotated[int, typer.Option(min=1, help="Ray actors scoring candidates")] = 1,
-    supernet: Annotated[Path | None, typer.Option(help="Supernet checkpoint (default: the space's under "
-                                                       "$HWNAS_HOME)")] = None,
+    supernet: Annotated[Path | None, typer.Option(help="Supernet checkpoint (default: the newest registered for "
+                                                       "the space; see hwnas supernet list)")] = None,
     seed: int = 0,
     population: Annotated[int | None, typer.Option(min=4, help="evo: population (parents/mutations/crossovers "
                                                                "scale as HAT's 25/50/50 of 125)")] = None,
@@ -42,31 +42,30 @@ def search_run(
     also: Annotated[list[str] | None, typer.Option("--also", help="Another constraint, DEVICE:MS (repeatable)")] =
         None,
     verify: Annotated[bool, typer.Option(help="Measure the final front on the device")] = True,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $RAY_ADDRESS or local Ray)")] =
-        None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $HWNAS_RAY_ADDRESS, "
+                                                     "$RAY_ADDRESS, else a local Ray)")] = None,
 ) -> None:
     """Create a search job and run it; Ctrl-C leaves it resumable (`hwnas search resume JOB`)."""
-    from hwnas._cli_latency import _tuning_to_use
-    from hwnas.cli import default_checkpoint
-    from hwnas.search import FitnessConfig, SearchSpec, create_job, run_job, strategy_options
+    from hwnas.jobs import FitnessConfig, SearchSpec, create_job, run_job, tuning_to_use
+    from hwnas.search import strategy_options
+    from hwnas.search_spaces import get_space
 
     extra = tuple(_parse_also(a) for a in also or ())
-    spec = SearchSpec(space=space, device=device, latency_ms=latency_ms, strategy=strategy, seed=seed,
-                      supernet=str(supernet or default_checkpoint(space)),
+    spec = SearchSpec(space=space, device=device_name, latency_ms=latency_ms, strategy=strategy, seed=seed,
+                      supernet=str(supernet or ""),
                       options=strategy_options(strategy, population=population, generations=generations),
                       fitness=FitnessConfig(metric=fitness, valid_sentences=valid_sentences),  # type: ignore[arg-type]
                       extra_constraints=extra, workers=workers, verify=verify,
-                      tuning_dir=_tuning_to_use(_device(device), space, untuned=False))
-    db = _db()
-    job_id = create_job(db, spec)
-    console.print(f"search job {job_id}: {strategy} on {device} under {latency_ms:g} ms")
-    run_job(db, job_id, address=address)
-    _show(db, job_id, None)
+                      tuning_dir=tuning_to_use(device(device_name), get_space(space).name))
+    database = db()
+    job_id = create_job(database, spec)
+    console.print(f"search job {job_id}: {strategy} on {device_name} under {latency_ms:g} ms")
+    with JobBars() as bars:
+        run_job(database, job_id, address=address, on_progress=bars)
+    show_job(database, job_id, None)
 
 
 def _parse_also(text: str) -> tuple[str, float]:
-    from hwnas.exceptions import SearchError
-
     name, _, ms = text.rpartition(":")
     try:
         return name, float(ms)
@@ -77,22 +76,23 @@ def _parse_also(text: str) -> tuple[str, float]:
 @search_app.command("resume")
 def search_resume(job: JobArg, address: Annotated[str | None, typer.Option()] = None) -> None:
     """Continue an interrupted or failed job from its last finished generation."""
-    from hwnas.search import run_job
+    from hwnas.jobs import run_job
 
-    db = _db()
-    run_job(db, job, address=address)
-    _show(db, job, None)
+    database = db()
+    with JobBars() as bars:
+        run_job(database, job, address=address, on_progress=bars)
+    show_job(database, job, None)
 
 
 @search_app.command("list")
 def search_list(status: Annotated[str | None, typer.Option(help="Only jobs with this status")] = None,
                 limit: Annotated[int, typer.Option(min=1)] = 50) -> None:
     """Search jobs, newest first."""
-    from hwnas.search import list_jobs
+    from hwnas.jobs import list_jobs
 
     table = Table("job", "status", "space", "device", "strategy", "budget ms", "generation", "evaluations",
                   "best loss")
-    for j in list_jobs(_db(), status=status, limit=limit):
+    for j in list_jobs(db(), status=status, limit=limit):
         table.add_row(str(j.id), j.status, j.spec.space, j.spec.device, j.spec.strategy, f"{j.spec.latency_ms:g}",
                       f"{j.generation}/{j.generations_total}", str(j.evaluations),
                       "-" if j.best_loss is None else f"{j.best_loss:.4f}")
@@ -102,26 +102,27 @@ def search_list(status: Annotated[str | None, typer.Option(help="Only jobs with 
 @search_app.command("show")
 def search_show(job: JobArg, plot: Annotated[Path | None, typer.Option(help="Pareto plot PNG path")] = None) -> None:
     """The job's status and verified Pareto table; writes the Pareto plot."""
-    _show(_db(), job, plot)
+    show_job(db(), job, plot)
 
 
 @search_app.command("cancel")
 def search_cancel(job: JobArg) -> None:
     """Cancel a job; a running search stops at its next candidate."""
-    from hwnas.search import cancel_job
+    from hwnas.jobs import cancel_job
 
-    console.print(f"search job {job}: {cancel_job(_db(), job).status}")
+    console.print(f"search job {job}: {cancel_job(db(), job).status}")
 
 
-def _show(db, job_id: int, plot: Path | None) -> None:  # noqa: ANN001 - hwnas.db.Database
-    from hwnas.search import candidates, front, get_job, plot_front
+def show_job(database: Database, job_id: int, plot: Path | None) -> None:
+    """The job's status line, its verified front as a table, and its Pareto plot (written)."""
+    from hwnas.jobs import candidates, front, get_job, plot_front
 
-    info = get_job(db, job_id)
+    info = get_job(database, job_id)
     spec = info.spec
     console.print(f"search job {job_id}: {info.status} - {spec.strategy} on {spec.device} under "
                   f"{spec.latency_ms:g} ms, generation {info.generation}/{info.generations_total}, "
                   f"{info.evaluations} evaluated" + (f"; error: {info.error}" if info.error else ""))
-    members = front(db, job_id)
+    members = front(database, job_id)
     if not members:
         return
     with_bleu = spec.fitness.metric == "bleu"
@@ -136,7 +137,7 @@ def _show(db, job_id: int, plot: Path | None) -> None:  # noqa: ANN001 - hwnas.d
                       f"{c.params / 1e6:.2f}", f"{c.flops / 1e9:.3f}")
     console.print(table)
     path = plot_front(plot or default_plot_path(job_id), title=f"job {job_id}: {spec.space} on {spec.device}",
-                      rows=candidates(db, job_id), members=members, budget_ms=spec.latency_ms)
+                      rows=candidates(database, job_id), members=members, budget_ms=spec.latency_ms)
     console.print(f"Pareto plot: {path}")
 
 
@@ -147,9 +148,8 @@ def export_command(
     out: Annotated[Path | None, typer.Option(help="Bundle directory (default: under $HWNAS_HOME/exports)")] = None,
 ) -> None:
     """Write a candidate as a standalone bundle: model, config, tokenizer and a latency certificate."""
-    from hwnas.cli import home
-    from hwnas.search import export_candidate
+    from hwnas.jobs import export_candidate
 
-    target = out or home() / "exports" / f"job-{job}-candidate-{candidate}-{fmt}"
-    path = export_candidate(_db(), job, candidate, fmt=fmt, out_dir=target)
+    target = out or settings().exports_dir() / f"job-{job}-candidate-{candidate}-{fmt}"
+    path = export_candidate(db(), job, candidate, fmt=fmt, out_dir=target)
     console.print(f"wrote {path}")

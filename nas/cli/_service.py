@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from hwnas._cli_latency import _db
+from hwnas.cli._common import console, db, settings
 
 users_app = typer.Typer(no_args_is_help=True, help="Users of the service (admin).")
 tokens_app = typer.Typer(no_args_is_help=True, help="Bearer tokens of the service's users (admin).")
-console = Console()
 UserArg = Annotated[str, typer.Argument(help="User name")]
 
 
@@ -29,17 +27,19 @@ def serve_command(
     """Run the REST API and dashboard; search jobs run on Ray, never in this process."""
     import uvicorn
 
-    from hwnas.api import RayLauncher, ServiceSettings, create_app
+    from hwnas.api import create_app
     from hwnas.db import Database
+    from hwnas.jobs import RayLauncher
 
     overrides = {k: v for k, v in (("db_url", db_url), ("ray_address", ray_address)) if v}
-    settings = ServiceSettings(**overrides)  # type: ignore[arg-type]
+    current = settings().model_copy(update=overrides)
     # Database and Ray first, on this (the main) thread: a bad URL or an unreachable cluster is one line here,
     # not a failed startup inside uvicorn; and a local Ray lives as long as this thread (see create_app).
-    with Database(settings.db_url) as db:
-        url = db.url
-    launcher = RayLauncher(url, address=settings.ray_address)
-    uvicorn.run(create_app(settings=settings, launcher=launcher), host=host, port=port, log_level=log_level)
+    with Database(current.database_url()) as database:
+        url = database.url
+    launcher = RayLauncher(url, address=current.ray_address)
+    # uvicorn's log config keeps existing loggers: hwnas's (configured by settings()) still reach stderr
+    uvicorn.run(create_app(settings=current, launcher=launcher), host=host, port=port, log_level=log_level)
 
 
 @users_app.command("create")
@@ -47,7 +47,7 @@ def users_create(name: UserArg) -> None:
     """Create a user (then give them a token: hwnas tokens create NAME)."""
     from hwnas.api import create_user
 
-    user = create_user(_db(), name)
+    user = create_user(db(), name)
     console.print(f"created user '{user.name}'")
 
 
@@ -56,7 +56,7 @@ def users_list() -> None:
     from hwnas.api import list_users
 
     table = Table("user", "live tokens", "created")
-    for u in list_users(_db()):
+    for u in list_users(db()):
         table.add_row(u.name, str(u.tokens), f"{u.created_at:%Y-%m-%d %H:%M}")
     console.print(table)
 
@@ -67,7 +67,7 @@ def tokens_create(name: UserArg, label: Annotated[str | None, typer.Option(help=
     """Print a new bearer token for a user. Only its hash is stored: copy it now."""
     from hwnas.api import create_token
 
-    typer.echo(create_token(_db(), name, label=label))
+    typer.echo(create_token(db(), name, label=label))
 
 
 @tokens_app.command("revoke")
@@ -75,4 +75,4 @@ def tokens_revoke(name: UserArg) -> None:
     """Revoke all of a user's tokens."""
     from hwnas.api import revoke_tokens
 
-    console.print(f"revoked {revoke_tokens(_db(), name)} token(s) of '{name}'")
+    console.print(f"revoked {revoke_tokens(db(), name)} token(s) of '{name}'")

@@ -12,19 +12,23 @@ import abc
 import datetime as dt
 import logging
 import os
-import secrets
-import shutil
-from pathlib import Path
 from typing import Literal
 
+import ray
 from sqlalchemy import select
 
-from hwnas.db import Database
-from hwnas.db._models import Export, SearchJob
+from hwnas.db import Database, Export, SearchJob
 from hwnas.exceptions import HwnasError
-from hwnas.search._job import ACTIVE, lease_free
+from hwnas.jobs._export import run_export
+from hwnas.jobs._lease import lease_free
+from hwnas.jobs._run import run_job
+from hwnas.jobs._scoring import init_ray, worker_resources
+from hwnas.jobs._spec import ACTIVE
+from hwnas.settings import Settings, configure_logging
 
-log = logging.getLogger("hwnas.api")
+__all__ = ["Launcher", "RayLauncher", "reconcile"]
+
+log = logging.getLogger("hwnas.jobs")
 
 Kind = Literal["job", "export"]
 NAMESPACE = "hwnas"
@@ -53,18 +57,12 @@ class RayLauncher(Launcher):
     """One detached Ray actor per job/export on the cluster at `address` ($RAY_ADDRESS, else a local Ray)."""
 
     def __init__(self, db_url: str, *, address: str | None = None):
-        import ray
-
-        from hwnas.search import init_ray
-
         init_ray(address)
         self.db_url = db_url
         # num_cpus=0: the runner only drives; its evaluators size their threads to the cluster's CPUs
         self._cls = ray.remote(num_cpus=0, max_restarts=0)(_Runner)
 
     def submit(self, kind: Kind, id_: int) -> None:
-        from hwnas.search._evaluator import worker_resources
-
         if self.alive(kind, id_):
             return
         env = {k: v for k, v in os.environ.items() if k.startswith("HWNAS_")}
@@ -77,8 +75,6 @@ class RayLauncher(Launcher):
         actor.run.remote(kind, id_)
 
     def alive(self, kind: Kind, id_: int) -> bool:
-        import ray
-
         try:
             ray.get_actor(_name(kind, id_), namespace=NAMESPACE)
         except ValueError:
@@ -91,56 +87,22 @@ class _Runner:
 
     def __init__(self, db_url: str):
         self.db_url = db_url
+        configure_logging(Settings())  # the actor's lines reach the Ray worker log (and the driver's, if shown)
 
     def run(self, kind: Kind, id_: int) -> None:
-        import ray
-
+        log.info("%s %d: running on %s", kind, id_, os.uname().nodename)
         try:
             with Database(self.db_url) as db:
                 if kind == "job":
-                    from hwnas.search import run_job
-
-                    run_job(db, id_, progress=False)
+                    info = run_job(db, id_)
+                    log.info("job %d: %s", id_, info.status)
                 else:
                     run_export(db, id_)
+                    log.info("export %d: ready", id_)
         except HwnasError as e:  # recorded on the row by run_job / run_export; nothing to raise to
             log.warning("%s %d: %s", kind, id_, e)
         finally:
             ray.actor.exit_actor()
-
-
-# ------------------------------------------------------------------------------------------------- exports
-
-def export_dir(export_id: int) -> Path:
-    """A fresh directory name (ids restart in a new database; the data directory may outlive it)."""
-    from hwnas.cli import home
-
-    return home() / "exports" / f"export-{export_id}-{secrets.token_hex(4)}"
-
-
-def run_export(db: Database, export_id: int) -> None:
-    """Write export `export_id`'s bundle and its .zip (atomically), then mark the row ready, or failed with why."""
-    from hwnas.search import export_candidate
-
-    with db.session() as s:
-        row = s.get_one(Export, export_id)
-        job_id, candidate_id, fmt, path = row.job_id, row.candidate_id, row.format, Path(row.path)
-    try:
-        if path.exists():  # left by a runner that died mid-export: this export's own, so rewrite it whole
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        bundle = export_candidate(db, job_id, candidate_id, fmt=fmt, out_dir=path, record=False)
-        tmp = shutil.make_archive(str(path) + ".partial", "zip", root_dir=bundle)
-        os.replace(tmp, str(path) + ".zip")
-    except Exception as e:  # failures are data: the row says why
-        _finish_export(db, export_id, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        raise HwnasError(f"export {export_id} failed: {e}") from e
-    _finish_export(db, export_id, "ready", None)
-
-
-def _finish_export(db: Database, export_id: int, status: str, error: str | None) -> None:
-    with db.session() as s:
-        row = s.get_one(Export, export_id)
-        row.status, row.error, row.finished_at = status, error, dt.datetime.now(dt.UTC)
 
 
 # ------------------------------------------------------------------------------------------------- reconcile

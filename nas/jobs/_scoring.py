@@ -11,39 +11,24 @@ import abc
 import dataclasses
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError
 
 from hwnas.exceptions import HwnasError, SearchError
-from hwnas.search._base import Evaluation
+from hwnas.jobs._spec import FitnessConfig
+from hwnas.search import Evaluation
 from hwnas.search_spaces import SubnetConfig
+from hwnas.settings import Settings
+from hwnas.supernet import DataSpec, bleu, corpus_loss, load_supernet, read_checkpoint, translate
 
 OnResult = Callable[[int, "Score"], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class FitnessConfig:
-    """What fitness means; stored with the job so every evaluation of a job is comparable.
-
-    The validation subset is fixed: the first `valid_sentences` sentences of the supernet's
-    valid split (None = all of it), as HAT scores every subnet on the same data.
-    """
-
-    metric: Literal["loss", "bleu"] = "loss"
-    valid_sentences: int | None = None
-    max_tokens: int = 4096
-    beam: int = 1  # BLEU fitness decodes greedily by default: 4x cheaper, same ranking purpose
-
-    def __post_init__(self) -> None:
-        if self.metric not in ("loss", "bleu"):
-            raise SearchError(f"fitness metric must be 'loss' or 'bleu', got {self.metric!r}")
-        if (self.valid_sentences is not None and self.valid_sentences < 1) or self.max_tokens < 16 or self.beam < 1:
-            raise SearchError("fitness needs valid_sentences >= 1 (or None), max_tokens >= 16 and beam >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +53,6 @@ class Scorer:
     """A loaded supernet and its fixed validation subset; scores one subnet at a time."""
 
     def __init__(self, checkpoint: str | Path, fitness: FitnessConfig, *, threads: int | None = None):
-        import torch
-
-        from hwnas.supernet import DataSpec, load_supernet
-
         if threads:
             torch.set_num_threads(threads)
         self.fitness = fitness
@@ -80,8 +61,6 @@ class Scorer:
         self.corpus = corpus.head(fitness.valid_sentences) if fitness.valid_sentences else corpus
 
     def score(self, subnet: SubnetConfig) -> Score:
-        from hwnas.supernet import bleu, corpus_loss, translate
-
         start = time.perf_counter()
         try:
             view = self.supernet.model.subnet(subnet)
@@ -129,12 +108,10 @@ class LocalEvaluator(Evaluator):
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray sized to this machine."""
-    import ray
-
+    """Join the cluster at `address` (or the settings' Ray address), else start a local Ray sized to this machine."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address = address or Settings().ray_address
     if address:
         _check_reachable(address)
     try:
@@ -155,15 +132,11 @@ WORKER_RESOURCE = "hwnas_worker"  # advertised by worker nodes of a cluster (doc
 def worker_resources() -> dict[str, float]:
     """Keep hwnas actors on worker nodes when the cluster marks them: never on the API's node, whose restart
     would kill them. A local Ray (no marked nodes) places them anywhere."""
-    import ray
-
     return {WORKER_RESOURCE: 0.001} if ray.cluster_resources().get(WORKER_RESOURCE) else {}
 
 
 def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
     """Ray retries an unreachable GCS for minutes; a HOST:PORT that refuses connections is told in seconds."""
-    import socket
-
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or "://" in address:
         return  # 'auto', ray:// and other forms: Ray's own resolution
@@ -180,12 +153,8 @@ class RayEvaluator(Evaluator):
 
     def __init__(self, checkpoint: str | Path, fitness: FitnessConfig = FitnessConfig(), *, workers: int = 1,
                  address: str | None = None, threads_per_worker: int | None = None):
-        import ray
-
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        from hwnas.supernet import read_checkpoint
-
         read_checkpoint(checkpoint)  # a bad checkpoint is one clear error here, not a dead actor later
         init_ray(address)
         cpus = int(ray.available_resources().get("CPU", 1))
@@ -200,9 +169,6 @@ class RayEvaluator(Evaluator):
             self._checkpoint, self._fitness, self._threads)
 
     def evaluate(self, subnets: Sequence[SubnetConfig], on_result: OnResult | None = None) -> list[Score]:
-        import ray
-        from ray.exceptions import RayActorError, RayTaskError
-
         results: dict[int, Score] = {}
         tries = dict.fromkeys(range(len(subnets)), 0)
         todo = list(range(len(subnets)))[::-1]
@@ -231,8 +197,6 @@ class RayEvaluator(Evaluator):
         return [results[i] for i in range(len(subnets))]
 
     def close(self) -> None:
-        import ray
-
         for a in self.actors:
             ray.kill(a)
         self.actors = []

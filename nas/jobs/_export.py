@@ -1,16 +1,29 @@
-"""`hwnas export JOB --candidate K`: a job's candidate as a standalone bundle with its latency certificate."""
+"""A job's candidate as a standalone bundle with its latency certificate: directly, or as an export row that a
+runner writes (the service's exports)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import secrets
+import shutil
 from pathlib import Path
+from typing import Literal
 
 from sqlalchemy import select
 
-from hwnas.db import Database
-from hwnas.db._models import Candidate, Export
-from hwnas.exceptions import NotFoundError
-from hwnas.search._job import get_job
+from hwnas.db import Candidate, Database, Export
+from hwnas.exceptions import HwnasError, NotFoundError
+from hwnas.export import LatencyCertificate, export_bundle
+from hwnas.jobs._store import get_job
+from hwnas.latency import DeviceRegistry, SQLMeasurementStore, measure, protocol_for, tuning_key
 from hwnas.search_spaces import SubnetConfig, get_space
+from hwnas.settings import Settings
+from hwnas.supernet import load_supernet
+
+__all__ = ["export_candidate", "export_dir", "run_export"]
+
+ExportStatus = Literal["pending", "ready", "failed"]
 
 
 def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, out_dir: str | Path,
@@ -21,12 +34,6 @@ def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, 
     verification measured it); a candidate never measured is measured now, and the record kept.
     `record=False` leaves the `exports` row to the caller (the service keeps its own).
     """
-    from hwnas._export import LatencyCertificate, export_bundle
-    from hwnas.latency._collect import measure, tuning_key
-    from hwnas.latency._devices import protocol_for
-    from hwnas.latency._registry import DeviceRegistry, SQLMeasurementStore
-    from hwnas.supernet import load_supernet
-
     spec = get_job(db, job_id).spec
     with db.session() as s:
         row = s.scalar(select(Candidate).where(Candidate.job_id == job_id, Candidate.id == candidate_id))
@@ -54,3 +61,31 @@ def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, 
     with db.session() as s:
         s.add(Export(job_id=job_id, candidate_id=candidate_id, format=fmt, path=str(Path(path).resolve())))
     return Path(path)
+
+
+def export_dir(export_id: int, settings: Settings | None = None) -> Path:
+    """A fresh directory name for an export row (ids restart in a new database; the workspace may outlive it)."""
+    return (settings or Settings()).exports_dir() / f"export-{export_id}-{secrets.token_hex(4)}"
+
+
+def run_export(db: Database, export_id: int) -> None:
+    """Write export `export_id`'s bundle and its .zip (atomically), then mark the row ready, or failed with why."""
+    with db.session() as s:
+        row = s.get_one(Export, export_id)
+        job_id, candidate_id, fmt, path = row.job_id, row.candidate_id, row.format, Path(row.path)
+    try:
+        if path.exists():  # left by a runner that died mid-export: this export's own, so rewrite it whole
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        bundle = export_candidate(db, job_id, candidate_id, fmt=fmt, out_dir=path, record=False)
+        tmp = shutil.make_archive(str(path) + ".partial", "zip", root_dir=bundle)
+        os.replace(tmp, str(path) + ".zip")
+    except Exception as e:  # failures are data: the row says why
+        _finish_export(db, export_id, "failed", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        raise HwnasError(f"export {export_id} failed: {e}") from e
+    _finish_export(db, export_id, "ready", None)
+
+
+def _finish_export(db: Database, export_id: int, status: ExportStatus, error: str | None) -> None:
+    with db.session() as s:
+        row = s.get_one(Export, export_id)
+        row.status, row.error, row.finished_at = status, error, dt.datetime.now(dt.UTC)

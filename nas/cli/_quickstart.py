@@ -29,16 +29,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hwnas.cli._common import JobBars, console, db, device, settings
+from hwnas.cli._search import default_plot_path, show_job
 from hwnas.exceptions import SearchError
 
 if TYPE_CHECKING:  # heavy imports (torch, TVM) wait until the command runs
     from hwnas.db import Database
-    from hwnas.latency._devices import DeviceProfile
-    from hwnas.search import FrontMember
+    from hwnas.jobs import FrontMember
+    from hwnas.latency import DeviceProfile
     from hwnas.search_spaces import SearchSpace
     from hwnas.supernet import ModelConfig
-
-console = Console()
 
 # The embedded setup. Module constants, not options: the quickstart is one fixed recipe (tests point
 # SPACE and DATA at a tiny space and corpus to run the same code in seconds).
@@ -53,7 +53,7 @@ STAGES = ("supernet", "kernels", "latency", "search", "export")
 
 
 @dataclasses.dataclass(frozen=True)
-class Settings:
+class Sizes:
     """The quickstart's size knobs; the defaults (see `quickstart_command`) were timed on 2 cores."""
 
     steps: int
@@ -75,7 +75,7 @@ class Settings:
 class Summary:
     """What a run produced: stage timings, the budget, the chosen subnet and where everything is."""
 
-    settings: Settings
+    sizes: Sizes
     stage_seconds: dict[str, float] = dataclasses.field(default_factory=dict)
     total_seconds: float = 0.0
     checkpoint: str | None = None
@@ -96,9 +96,7 @@ class Summary:
 
 
 def summary_path() -> Path:
-    from hwnas.cli import home
-
-    return home() / "quickstart.json"
+    return settings().home / "quickstart.json"
 
 
 def quickstart_command(
@@ -112,36 +110,35 @@ def quickstart_command(
     generations: Annotated[int, typer.Option(min=1, help="Evolution generations")] = 4,
 ) -> None:
     """Run the whole method on this CPU: supernet, tuned kernels, latency predictor, search, export."""
-    settings = Settings(steps=steps, trials=trials, samples=samples, population=population, generations=generations,
-                        budget_fraction=budget_fraction, workers=workers)
-    summary = run_quickstart(settings)
+    sizes = Sizes(steps=steps, trials=trials, samples=samples, population=population, generations=generations,
+                  budget_fraction=budget_fraction, workers=workers)
+    summary = run_quickstart(sizes)
     if summary.export is None:  # the run is shown; the missing result is the one error line, exit 2
         budget_ms = (summary.budget or {}).get("budget_ms", float("nan"))
         raise SearchError(f"no front member of search job {summary.job_id} met the {budget_ms:.2f} ms budget when "
                           f"measured, so nothing was exported; try a larger --budget-fraction or more --samples")
 
 
-def run_quickstart(settings: Settings) -> Summary:
+def run_quickstart(sizes: Sizes) -> Summary:
     """All five stages; prints progress, the verified front and the paths; writes `summary_path()`."""
-    from hwnas._cli_latency import _db, _device
     from hwnas.db import masked
     from hwnas.search_spaces import get_space
 
-    summary, start = Summary(settings), time.perf_counter()
-    device, space = _device(DEVICE), get_space(SPACE)
-    db = _db()
-    summary.database = masked(db.url)
-    with _stage(summary, "supernet", f"train the {space.name} SuperTransformer on {DATA}, {settings.steps} steps"):
-        mc = _supernet(summary, space, settings.steps)
-    with _stage(summary, "kernels", f"tune TVM kernels for {device.name}, {settings.trials} trials"):
-        _kernels(summary, device, space, mc, settings.trials)
-    with _stage(summary, "latency", f"measure {settings.samples} subnets on {device.name}, train the predictor"):
-        _latency(summary, db, device, space, mc, settings)
-    with _stage(summary, "search", f"evolution ({settings.population} x {settings.generations}) under the budget, "
-                                   f"front measured on {device.name}"):
-        _search(summary, db, space, settings)
+    summary, start = Summary(sizes), time.perf_counter()
+    dev, space = device(DEVICE), get_space(SPACE)
+    database = db()
+    summary.database = masked(database.url)
+    with _stage(summary, "supernet", f"train the {space.name} SuperTransformer on {DATA}, {sizes.steps} steps"):
+        mc = _supernet(summary, space, sizes.steps)
+    with _stage(summary, "kernels", f"tune TVM kernels for {dev.name}, {sizes.trials} trials"):
+        _kernels(summary, dev, space, mc, sizes.trials)
+    with _stage(summary, "latency", f"measure {sizes.samples} subnets on {dev.name}, train the predictor"):
+        _latency(summary, database, dev, space, mc, sizes)
+    with _stage(summary, "search", f"evolution ({sizes.population} x {sizes.generations}) under the budget, "
+                                   f"front measured on {dev.name}"):
+        _search(summary, database, space, sizes)
     with _stage(summary, "export", "the best subnet that met the budget when measured, as ONNX"):
-        _export(summary, db)
+        _export(summary, database)
     summary.total_seconds = time.perf_counter() - start
     path = summary_path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,10 +173,9 @@ def _checkpoint_dir(config: Any, data: Any) -> Path:  # TrainConfig, DataSpec
     `--sandwich`): then a sibling named after this recipe, so neither run overwrites the other."""
     import hashlib
 
-    from hwnas.cli import default_supernet_dir
     from hwnas.supernet import read_checkpoint
 
-    base = default_supernet_dir(SPACE, str(data))
+    base = settings().supernet_dir(SPACE, str(data))
     ckpt = base / "checkpoint.pt"
     if not ckpt.exists() or _recipe(read_checkpoint(ckpt)["train_config"]) == _recipe(dataclasses.asdict(config)):
         return base
@@ -189,21 +185,22 @@ def _checkpoint_dir(config: Any, data: Any) -> Path:  # TrainConfig, DataSpec
 
 def _supernet(summary: Summary, space: SearchSpace, steps: int) -> ModelConfig:
     """Train to `steps` (resuming a shorter run), or reuse a checkpoint of the same recipe that went as far."""
-    from hwnas.supernet import DataSpec, ModelConfig, TrainConfig, read_checkpoint, train_supernet
+    from hwnas.jobs import train_supernet
+    from hwnas.supernet import DataSpec, ModelConfig, TrainConfig, read_checkpoint
 
     config, data = TrainConfig(steps=steps), DataSpec.parse(DATA)
     out = _checkpoint_dir(config, data)
     ckpt = out / "checkpoint.pt"
-    state = read_checkpoint(ckpt) if ckpt.exists() else None
-    if state is not None and state["space"] == space.to_dict() and state["step"] >= steps:  # else training says why
-        console.print(f"reusing {ckpt}: step {state['step']}, same recipe")
-        step = int(state["step"])
+    before = read_checkpoint(ckpt)["step"] if ckpt.exists() else None
+    net = train_supernet(db(), space=space, data=str(data), config=config, out=out)  # reused when far enough
+    state = read_checkpoint(ckpt)
+    if before is not None and before == net.step:
+        console.print(f"reusing {ckpt}: step {net.step}, same recipe")
     else:
-        result = train_supernet(space=space, data=data, out=out, config=config, resume=True)
-        console.print(f"checkpoint {result.checkpoint}: step {result.step}, train loss {result.train_loss:.3f}, "
-                      f"{result.seconds_per_step:.3f} s/step")
-        state, step = read_checkpoint(ckpt), result.step
-    summary.checkpoint, summary.checkpoint_step = str(ckpt), step
+        recent = state["history"][-50:] or [float("nan")]  # the trainer's own train-loss figure
+        console.print(f"checkpoint {ckpt}: step {net.step}, train loss {sum(recent) / len(recent):.3f}")
+    console.print(f"registered as supernet {net.id}")
+    summary.checkpoint, summary.checkpoint_step = str(ckpt), net.step
     # tune and measure the very models the search scores and exports: the checkpoint's vocabulary and widths
     return ModelConfig(**state["model_config"])
 
@@ -247,10 +244,9 @@ def _kernels(summary: Summary, device: DeviceProfile, space: SearchSpace, mc: Mo
     """Top the device's tuning database for the space up to `trials` records (`hwnas kernels tune` adds them)."""
     import logging
 
-    from hwnas._cli_latency import tuning_dir
-    from hwnas.kernels._tune import tune_space
+    from hwnas.jobs import tune_kernels
 
-    tdir = tuning_dir(device.name, SPACE)
+    tdir = settings().tuning_dir(device.name, space.name)
     have = _records(tdir)
     if have >= trials:
         console.print(f"reusing {tdir}: {have} records")
@@ -260,9 +256,7 @@ def _kernels(summary: Summary, device: DeviceProfile, space: SearchSpace, mc: Mo
         console.print(f"extracting the space's workloads, then {trials - have} trials "
                       f"({have} already in {tdir})")
         with _record_progress(tdir, have, trials):
-            report = tune_space(space=space, mc=mc, target=device.target, work_dir=tdir, trials=trials - have,
-                                decode_steps=space.source_length_tokens)
-        (tdir / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
+            report = tune_kernels(device=device, space=space, model_config=mc, trials=trials - have)
         tuned = sum(1 for t in report.tasks if t.trials)
         console.print(f"tuning database {tdir}: {report.trials} records, {tuned} of {len(report.tasks)} "
                       f"tasks tuned, the heaviest first")
@@ -271,19 +265,17 @@ def _kernels(summary: Summary, device: DeviceProfile, space: SearchSpace, mc: Mo
 
 # -- 3. latency -------------------------------------------------------------------------------------------
 
-def _latency(summary: Summary, db: Database, device: DeviceProfile, space: SearchSpace, mc: ModelConfig,
-             settings: Settings) -> None:
+def _latency(summary: Summary, database: Database, device: DeviceProfile, space: SearchSpace, mc: ModelConfig,
+             sizes: Sizes) -> None:
     """Measure the subnets (`hwnas latency collect`), fit both predictors, keep the better one held out."""
-    from hwnas.latency._collect import collect
-    from hwnas.latency._registry import SQLMeasurementStore
-    from hwnas.latency._training import train_predictors
+    from hwnas.jobs import choose_predictor, fit_predictors, measure_subnets
 
-    report = collect(device=device, space=space, model_config=mc, n=settings.samples, store=SQLMeasurementStore(db),
-                     seed=SEED, tuning_dir=summary.tuning_dir, build_workers=settings.workers)
+    report = measure_subnets(database, device=device, space=space, model_config=mc, n=sizes.samples, seed=SEED,
+                             build_workers=sizes.workers)
     console.print(f"{report.measured} measured, {report.failed} failed, {report.skipped} already in the database")
-    results = train_predictors(db, device=device, space=space, kinds=PREDICTOR_KINDS, tuning_dir=summary.tuning_dir,
-                               test_fraction=TEST_FRACTION, seed=SEED)
-    best = min(results, key=lambda r: r["metrics"]["mape"])
+    results = fit_predictors(database, device=device, space=space, kinds=PREDICTOR_KINDS, test_fraction=TEST_FRACTION,
+                             seed=SEED)
+    best = choose_predictor(results)
     for r in results:
         m = r["metrics"]
         mark = "  <- used" if r is best else ""
@@ -296,37 +288,37 @@ def _latency(summary: Summary, db: Database, device: DeviceProfile, space: Searc
 
 # -- 4. search --------------------------------------------------------------------------------------------
 
-def _budget(db: Database, space: SearchSpace, predictor: dict[str, Any], fraction: float) -> dict[str, Any]:
+def _budget(database: Database, space: SearchSpace, predictor: dict[str, Any], fraction: float) -> dict[str, Any]:
     """The budget between the predicted latencies of the space's smallest and largest subnets."""
-    from hwnas.latency._registry import load_predictor
+    from hwnas.latency import load_predictor
 
-    model, _ = load_predictor(db, device=DEVICE, kind=predictor["kind"], version=predictor["version"])
+    model, _ = load_predictor(database, device=DEVICE, kind=predictor["kind"], version=predictor["version"])
     smallest_ms, largest_ms = (float(v) for v in model.predict([space.smallest(), space.largest()]))
     budget_ms = smallest_ms + fraction * (largest_ms - smallest_ms)
     return {"budget_ms": round(budget_ms, 3), "fraction": fraction, "basis": f"{predictor['kind']} predictor",
             "smallest_predicted_ms": round(smallest_ms, 3), "largest_predicted_ms": round(largest_ms, 3)}
 
 
-def _search(summary: Summary, db: Database, space: SearchSpace, settings: Settings) -> None:
+def _search(summary: Summary, database: Database, space: SearchSpace, sizes: Sizes) -> None:
     """Create and run the job as `hwnas search run` does, pinned to the chosen predictor; show its front."""
-    from hwnas._cli_search import _show, default_plot_path
-    from hwnas.search import FitnessConfig, SearchSpec, create_job, run_job, strategy_options
+    from hwnas.jobs import FitnessConfig, SearchSpec, create_job, run_job
+    from hwnas.search import strategy_options
 
     predictor = summary.predictor or {}
-    budget = summary.budget = _budget(db, space, predictor, settings.budget_fraction)
+    budget = summary.budget = _budget(database, space, predictor, sizes.budget_fraction)
     console.print(f"budget {budget['budget_ms']:.2f} ms = predicted smallest {budget['smallest_predicted_ms']:.2f} + "
-                  f"{settings.budget_fraction:g} x (predicted largest {budget['largest_predicted_ms']:.2f} - "
+                  f"{sizes.budget_fraction:g} x (predicted largest {budget['largest_predicted_ms']:.2f} - "
                   f"{budget['smallest_predicted_ms']:.2f}) ms, by the {budget['basis']}")
     spec = SearchSpec(space=SPACE, device=DEVICE, latency_ms=budget["budget_ms"], strategy="evo", seed=SEED,
                       supernet=str(summary.checkpoint),
-                      options=strategy_options("evo", population=settings.population,
-                                               generations=settings.generations),
-                      fitness=FitnessConfig(valid_sentences=VALID_SENTENCES), workers=settings.workers, verify=True,
+                      options=strategy_options("evo", population=sizes.population, generations=sizes.generations),
+                      fitness=FitnessConfig(valid_sentences=VALID_SENTENCES), workers=sizes.workers, verify=True,
                       tuning_dir=summary.tuning_dir, predictor_kind=predictor.get("kind"),
                       predictor_version=predictor.get("version"))
-    summary.job_id = create_job(db, spec)
-    run_job(db, summary.job_id)
-    _show(db, summary.job_id, None)  # status, the verified front, and the Pareto plot
+    summary.job_id = create_job(database, spec)
+    with JobBars() as bars:
+        run_job(database, summary.job_id, on_progress=bars)
+    show_job(database, summary.job_id, None)  # status, the verified front, and the Pareto plot
     summary.pareto_plot = str(default_plot_path(summary.job_id))
 
 
@@ -338,13 +330,12 @@ def best_member(members: list[FrontMember]) -> FrontMember | None:
     return min(met, key=lambda m: (m.candidate.loss, m.measured_latency_ms), default=None)
 
 
-def _export(summary: Summary, db: Database) -> None:
+def _export(summary: Summary, database: Database) -> None:
     """`hwnas export JOB --candidate K --format onnx` for the best member that met the budget."""
-    from hwnas.cli import home
-    from hwnas.search import export_candidate, front
+    from hwnas.jobs import export_candidate, front
 
     job_id = int(summary.job_id or 0)
-    best = best_member(front(db, job_id))
+    best = best_member(front(database, job_id))
     if best is None:
         console.print("[yellow]no front member met the budget when measured; nothing to export[/yellow]")
         return
@@ -352,8 +343,8 @@ def _export(summary: Summary, db: Database) -> None:
     summary.best = {"candidate": c.id, "subnet": c.subnet.to_dict(), "valid_loss": c.loss,
                     "predicted_latency_ms": c.predicted_latency_ms, "measured_latency_ms": best.measured_latency_ms,
                     "params": c.params}
-    out = home() / "exports" / f"job-{job_id}-candidate-{c.id}-onnx"  # where `hwnas export` puts it
-    summary.export = str(export_candidate(db, job_id, c.id, fmt="onnx", out_dir=out))
+    out = settings().exports_dir() / f"job-{job_id}-candidate-{c.id}-onnx"  # where `hwnas export` puts it
+    summary.export = str(export_candidate(database, job_id, c.id, fmt="onnx", out_dir=out))
 
 
 # -- the report -------------------------------------------------------------------------------------------

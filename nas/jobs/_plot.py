@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hwnas.io import atomic_write
-from hwnas.search._job import CandidateRow, FrontMember
+from hwnas.jobs._store import CandidateRow, FrontMember
 
 
 def plot_front(path: Path, *, title: str, rows: Sequence[CandidateRow], members: Sequence[FrontMember],

@@ -1,0 +1,109 @@
+"""The job runtime (`hwnas.jobs`, folder `nas/jobs/`): the whole method as Python calls, on one database.
+
+    from hwnas.db import Database
+    from hwnas import jobs
+
+    db = Database()                                            # $HWNAS_DB_URL, else SQLite in $HWNAS_HOME
+    job = jobs.create_job(db, jobs.SearchSpec(space="quickstart", device="local-cpu", latency_ms=8.0))
+    jobs.run_job(db, job)                                      # search, then the front measured on the device
+    best = jobs.front(db, job)[0]
+    jobs.export_candidate(db, job, best.candidate.id, fmt="onnx", out_dir="bundle")
+
+It owns job specs and rows, leases (one runner per job), the run loop (progress goes to a callback),
+fitness scoring (in process or on Ray actors), front verification, exports, launchers and the
+reconciler, the supernet registry, and the workspace-aware pipeline steps (`train_supernet`,
+`tune_kernels`, `measure_subnets`, `fit_predictors`) that the CLI's quickstart chains.
+"""
+
+from hwnas.jobs._export import export_candidate, export_dir, run_export
+from hwnas.jobs._launch import Launcher, RayLauncher, reconcile
+from hwnas.jobs._lease import JobBusyError, JobCancelled, lease_free, runner_id
+from hwnas.jobs._pipeline import (
+    choose_predictor,
+    default_vocab_size,
+    fit_predictors,
+    measure_subnets,
+    train_supernet,
+    tune_kernels,
+    tuning_to_use,
+)
+from hwnas.jobs._plot import plot_front
+from hwnas.jobs._run import run_job
+from hwnas.jobs._scoring import Evaluator, LocalEvaluator, RayEvaluator, Score, init_ray, worker_resources
+from hwnas.jobs._spec import (
+    ACTIVE,
+    JOB_STATUSES,
+    RESUMABLE,
+    TERMINAL,
+    FitnessConfig,
+    JobProgress,
+    JobStatus,
+    ProgressCallback,
+    SearchSpec,
+)
+from hwnas.jobs._store import (
+    CandidateRow,
+    FrontMember,
+    JobInfo,
+    cancel_job,
+    candidates,
+    count_jobs,
+    create_job,
+    front,
+    front_candidates,
+    get_job,
+    list_jobs,
+)
+from hwnas.jobs._supernets import SupernetInfo, get_supernet, list_supernets, register_supernet
+
+__all__ = [
+    "ACTIVE",
+    "JOB_STATUSES",
+    "RESUMABLE",
+    "TERMINAL",
+    "CandidateRow",
+    "Evaluator",
+    "FitnessConfig",
+    "FrontMember",
+    "JobBusyError",
+    "JobCancelled",
+    "JobInfo",
+    "JobProgress",
+    "JobStatus",
+    "Launcher",
+    "LocalEvaluator",
+    "ProgressCallback",
+    "RayEvaluator",
+    "RayLauncher",
+    "Score",
+    "SearchSpec",
+    "SupernetInfo",
+    "cancel_job",
+    "candidates",
+    "choose_predictor",
+    "count_jobs",
+    "create_job",
+    "default_vocab_size",
+    "export_candidate",
+    "export_dir",
+    "fit_predictors",
+    "front",
+    "front_candidates",
+    "get_job",
+    "get_supernet",
+    "init_ray",
+    "lease_free",
+    "list_jobs",
+    "list_supernets",
+    "measure_subnets",
+    "plot_front",
+    "reconcile",
+    "register_supernet",
+    "run_export",
+    "run_job",
+    "runner_id",
+    "train_supernet",
+    "tune_kernels",
+    "tuning_to_use",
+    "worker_resources",
+]

@@ -1,0 +1,103 @@
+"""What a search job is: its spec (stored with the job), its fitness definition and its status vocabulary."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, Literal, get_args
+
+from hwnas.exceptions import SearchError
+
+__all__ = ["ACTIVE", "JOB_STATUSES", "RESUMABLE", "TERMINAL", "FitnessConfig", "JobProgress", "JobStatus",
+           "ProgressCallback", "SearchSpec"]
+
+# The one status vocabulary: the table's values, the API's schema and the dashboard's filter all read it.
+JobStatus = Literal["queued", "running", "verifying", "finished", "failed", "cancelled", "interrupted"]
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+ACTIVE: tuple[JobStatus, ...] = ("queued", "running", "verifying")  # a runner is (or should be) on it
+RESUMABLE: tuple[JobStatus, ...] = (*ACTIVE, "interrupted", "failed")  # run_job takes these up
+TERMINAL: tuple[JobStatus, ...] = ("finished", "failed", "cancelled")  # cancel leaves these as they are
+
+
+@dataclasses.dataclass(frozen=True)
+class FitnessConfig:
+    """What fitness means; stored with the job so every evaluation of a job is comparable.
+
+    The validation subset is fixed: the first `valid_sentences` sentences of the supernet's
+    valid split (None = all of it), as HAT scores every subnet on the same data.
+    """
+
+    metric: Literal["loss", "bleu"] = "loss"
+    valid_sentences: int | None = None
+    max_tokens: int = 4096
+    beam: int = 1  # BLEU fitness decodes greedily by default: 4x cheaper, same ranking purpose
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("loss", "bleu"):
+            raise SearchError(f"fitness metric must be 'loss' or 'bleu', got {self.metric!r}")
+        if (self.valid_sentences is not None and self.valid_sentences < 1) or self.max_tokens < 16 or self.beam < 1:
+            raise SearchError("fitness needs valid_sentences >= 1 (or None), max_tokens >= 16 and beam >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    """Everything that defines a search; stored with the job, so a resumed job runs the same search.
+
+    `supernet` is a checkpoint path or empty: `create_job` fills it from the supernets table (the newest
+    supernet registered for the space, or `supernet_id`) and stores both.
+    """
+
+    space: str
+    device: str
+    latency_ms: float  # the budget on `device`
+    supernet: str = ""  # checkpoint path; "" = the registered one (see supernet_id)
+    strategy: str = "evo"
+    seed: int = 0
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # strategy sizes (population, ...)
+    fitness: FitnessConfig = FitnessConfig()
+    predictor_kind: str | None = None  # pinned to the newest (kind, version) when the job is created
+    predictor_version: int | None = None
+    extra_constraints: tuple[tuple[str, float], ...] = ()  # more (device, budget ms), checked by their predictors
+    workers: int = 1
+    verify: bool = True  # measure the final front on the device
+    tuning_dir: str | None = None
+    supernet_id: int | None = None  # the supernets table's row; None with a path: unregistered checkpoint
+
+    def __post_init__(self) -> None:
+        for dev, ms in ((self.device, self.latency_ms), *self.extra_constraints):
+            if not (isinstance(ms, int | float) and math.isfinite(ms) and ms > 0):
+                raise SearchError(f"latency budget on '{dev}' must be a positive number of ms, got {ms}")
+        if self.workers < 0:
+            raise SearchError(f"workers must be >= 0, got {self.workers}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["extra_constraints"] = [list(c) for c in self.extra_constraints]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SearchSpec:
+        d = dict(d)
+        d["fitness"] = FitnessConfig(**d.get("fitness", {}))
+        d["extra_constraints"] = tuple((str(a), float(b)) for a, b in d.get("extra_constraints", ()))
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class JobProgress:
+    """One step of a running job: `done` of `total` in `stage` ('candidates' of the batch being scored,
+    'generations' of the search, front members measured in 'verify')."""
+
+    job_id: int
+    stage: Literal["generations", "candidates", "verify"]
+    done: int
+    total: int
+    description: str
+    info: str = ""
+
+
+ProgressCallback = Callable[[JobProgress], None]

@@ -1,0 +1,194 @@
+"""Search jobs in the database: create (validated), read, list, cancel; their candidates and verified front."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import func, select
+
+from hwnas.db import Candidate, Database, ParetoMember, SearchJob
+from hwnas.exceptions import InfeasibleConstraintError, NotFoundError, SearchError
+from hwnas.jobs._lease import now
+from hwnas.jobs._spec import JobStatus, SearchSpec
+from hwnas.jobs._supernets import get_supernet, register_supernet
+from hwnas.latency import DeviceRegistry, load_predictor
+from hwnas.search import LatencyConstraint, Problem, create_strategy, pareto_mask
+from hwnas.search_spaces import SubnetConfig, get_space
+
+__all__ = ["CandidateRow", "FrontMember", "JobInfo", "cancel_job", "candidates", "count_jobs", "create_job", "front",
+           "front_candidates", "get_job", "list_jobs"]
+
+OBJECTIVES = ("loss", "predicted_latency_ms", "params", "flops")  # the front's axes, all minimised
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateRow:
+    id: int
+    subnet: SubnetConfig
+    generation: int
+    loss: float | None
+    bleu: float | None
+    error: str | None
+    predicted_latency_ms: float
+    params: int
+    flops: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontMember:
+    candidate: CandidateRow
+    measured_latency_ms: float | None
+    meets_constraint: bool | None
+    error: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class JobInfo:
+    id: int
+    owner: str | None
+    spec: SearchSpec
+    status: JobStatus
+    error: str | None
+    generation: int
+    generations_total: int
+    evaluations: int
+    best_loss: float | None
+    best_subnet_key: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    started_at: dt.datetime | None = None
+    heartbeat_at: dt.datetime | None = None
+    attempts: int = 0
+    lease_owner: str | None = None
+
+
+def _info(j: SearchJob) -> JobInfo:
+    return JobInfo(j.id, j.owner, SearchSpec.from_dict(j.spec), j.status, j.error, j.generation, j.generations_total,
+                   j.evaluations, j.best_loss, j.best_subnet_key, j.created_at, j.finished_at, j.started_at,
+                   j.heartbeat_at, j.attempts, j.lease_owner)
+
+
+# ----------------------------------------------------------------------------------------------- jobs in the db
+
+def constraints(db: Database, spec: SearchSpec) -> tuple[LatencyConstraint, ...]:
+    """The spec's latency budgets, each behind its device's predictor (the main one pinned by the spec)."""
+    main, _ = load_predictor(db, device=spec.device, kind=spec.predictor_kind, version=spec.predictor_version)
+    out = [LatencyConstraint(spec.device, spec.latency_ms, main.predict)]
+    for dev, ms in spec.extra_constraints:
+        pred, _ = load_predictor(db, device=dev)
+        out.append(LatencyConstraint(dev, ms, pred.predict))
+    return tuple(out)
+
+
+def create_job(db: Database, spec: SearchSpec, *, owner: str | None = None) -> int:
+    """Validate `spec` (space, device, predictor, supernet, a budget some subnet can meet) and store it as queued.
+
+    Raises:
+        SearchSpaceError, NotFoundError, CheckpointError, InfeasibleConstraintError: one clear line each.
+    """
+    space = get_space(spec.space)
+    DeviceRegistry(db).get(spec.device)
+    _, info = load_predictor(db, device=spec.device, kind=spec.predictor_kind, version=spec.predictor_version)
+    # a checkpoint named by path is registered (or brought up to date) first; else the registry names it
+    net = register_supernet(db, spec.supernet) if spec.supernet else get_supernet(db, space=space.name,
+                                                                                 id=spec.supernet_id)
+    if net.space != space.name:
+        raise SearchError(f"supernet '{net.path}' was trained on space '{net.space}', not '{space.name}'")
+    spec = dataclasses.replace(spec, predictor_kind=info["kind"], predictor_version=info["version"],
+                               supernet=net.path, supernet_id=net.id)
+    problem = Problem(space, constraints(db, spec))
+    try:
+        strategy = create_strategy(spec.strategy, problem, seed=spec.seed, **spec.options)
+    except ValueError as e:  # unknown strategy or options: the spec's fault, told as one line
+        raise SearchError(str(e)) from e
+    _check_budget(problem)
+    with db.session() as s:
+        job = SearchJob(owner=owner, space=space.name, device=spec.device, strategy=spec.strategy,
+                        spec=spec.to_dict(), status="queued", generations_total=strategy.progress[1])
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def _check_budget(problem: Problem, probes: int = 2000) -> None:
+    """Fail at submission, not minutes later, when not one of `probes` random subnets meets the budget."""
+    rng = np.random.default_rng(0)
+    space = problem.space
+    subnets = [space.smallest(), *(space.sample(rng) for _ in range(probes))]
+    if problem.feasible(subnets).any():
+        return
+    best = subnets[int(np.argmin(problem.violation(subnets)))]
+    raise InfeasibleConstraintError(problem.infeasible_message("subnet meets the budget", 1, 0, len(subnets), best))
+
+
+def get_job(db: Database, job_id: int) -> JobInfo:
+    with db.session() as s:
+        job = s.get(SearchJob, job_id)
+        if job is None:
+            raise NotFoundError(f"no search job {job_id}")
+        return _info(job)
+
+
+def list_jobs(db: Database, *, status: str | None = None, owner: str | None = None, limit: int = 50,
+              offset: int = 0) -> list[JobInfo]:
+    q = select(SearchJob).order_by(SearchJob.id.desc()).limit(limit).offset(offset)
+    if status is not None:
+        q = q.where(SearchJob.status == status)
+    if owner is not None:
+        q = q.where(SearchJob.owner == owner)
+    with db.session() as s:
+        return [_info(j) for j in s.scalars(q)]
+
+
+def cancel_job(db: Database, job_id: int) -> JobInfo:
+    """Mark a job cancelled; a running search notices between candidates and stops."""
+    with db.session() as s:
+        job = s.get(SearchJob, job_id)
+        if job is None:
+            raise NotFoundError(f"no search job {job_id}")
+        if job.status not in ("finished", "failed", "cancelled"):
+            job.status, job.finished_at = "cancelled", now()
+        return _info(job)
+
+
+def _candidate(c: Candidate) -> CandidateRow:
+    return CandidateRow(c.id, SubnetConfig.from_dict(c.subnet), c.generation, c.loss, c.bleu, c.error,
+                        c.predicted_latency_ms, c.params, c.flops)
+
+
+def candidates(db: Database, job_id: int) -> list[CandidateRow]:
+    with db.session() as s:
+        return [_candidate(c) for c in s.scalars(select(Candidate).where(Candidate.job_id == job_id)
+                                                 .order_by(Candidate.id))]
+
+
+def front(db: Database, job_id: int) -> list[FrontMember]:
+    """The job's verified Pareto front, fastest measured (or predicted) first."""
+    with db.session() as s:
+        rows = s.execute(select(ParetoMember, Candidate).join(Candidate, ParetoMember.candidate_id == Candidate.id)
+                         .where(ParetoMember.job_id == job_id)).all()
+        members = [FrontMember(_candidate(c), p.measured_latency_ms, p.meets_constraint, p.error) for p, c in rows]
+    return sorted(members, key=lambda m: (m.candidate.predicted_latency_ms, m.candidate.id))
+
+
+def front_candidates(rows: Sequence[CandidateRow], budget_ms: float) -> list[CandidateRow]:
+    """The Pareto front over (loss, predicted latency, params, FLOPs) of the successful, within-budget candidates."""
+    ok = [c for c in rows if c.loss is not None and c.predicted_latency_ms <= budget_ms]
+    if not ok:
+        return []
+    pts = np.array([[c.loss, c.predicted_latency_ms, c.params, c.flops] for c in ok], dtype=float)
+    return [c for c, keep in zip(ok, pareto_mask(pts), strict=True) if keep]
+
+
+def count_jobs(db: Database, *, owner: str | None = None, status: str | None = None) -> int:
+    """How many jobs `list_jobs` would page through."""
+    q = select(func.count()).select_from(SearchJob)
+    if owner is not None:
+        q = q.where(SearchJob.owner == owner)
+    if status is not None:
+        q = q.where(SearchJob.status == status)
+    with db.session() as s:
+        return int(s.scalar(q) or 0)

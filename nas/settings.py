@@ -1,0 +1,88 @@
+"""One settings object and one workspace for the library, the CLI and the service.
+
+Every `HWNAS_*` variable is read here and nowhere else:
+
+    HWNAS_HOME          the workspace (default: the user's data directory)
+    HWNAS_DB_URL        the results database (default: SQLite in the workspace)
+    HWNAS_RAY_ADDRESS   the Ray cluster (also read as RAY_ADDRESS, Ray's own name; default: a local Ray)
+    HWNAS_LOG_LEVEL     INFO by default
+    HWNAS_LEASE_TTL_S, HWNAS_MAX_REQUEST_BYTES, HWNAS_RECONCILE_EVERY_S, HWNAS_MAX_ATTEMPTS, HWNAS_TOKEN_CACHE_S
+
+The workspace lays out what hwnas writes: supernet checkpoints, tuning databases, exports, job plots.
+`Settings()` reads the environment when it is made; nothing is read at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from platformdirs import user_data_dir
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "configure_logging", "safe_name"]
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def safe_name(text: str) -> str:
+    """`text` as one path component: letters, digits and -._ kept, anything else '_'."""
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in text)
+
+
+class Settings(BaseSettings):
+    """hwnas's configuration: arguments > `HWNAS_*` environment variables > defaults; frozen once made."""
+
+    model_config = SettingsConfigDict(env_prefix="HWNAS_", extra="ignore", frozen=True)
+
+    home: Path = Field(default_factory=lambda: Path(user_data_dir("hwnas")))
+    db_url: str | None = None  # None: SQLite in the workspace
+    ray_address: str | None = Field(None, validation_alias=AliasChoices("HWNAS_RAY_ADDRESS", "RAY_ADDRESS",
+                                                                        "ray_address"))
+    log_level: LogLevel = "INFO"
+    lease_ttl_s: float = Field(120.0, gt=0)  # a job runner silent this long is presumed dead
+    # the service
+    max_request_bytes: int = Field(64 * 1024, ge=1024)  # a job spec is < 1 KiB; anything bigger is refused (413)
+    reconcile_every_s: float = Field(30.0, gt=0)  # how often orphaned jobs are looked for
+    max_attempts: int = Field(3, ge=1)  # runs of one job (resumes included) before it is failed
+    token_cache_s: float = Field(10.0, ge=0)  # a revoked token may work this long on a process that just saw it
+
+    # -- the workspace ---------------------------------------------------------------------------------------
+    def database_url(self) -> str:
+        """`db_url`, else a SQLite file in the workspace (its directory is made)."""
+        if self.db_url:
+            return self.db_url
+        self.home.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{self.home / 'hwnas.db'}"
+
+    def supernet_dir(self, space: str, data: str) -> Path:
+        """Where `hwnas supernet train` writes a space's checkpoint trained on `data` by default."""
+        return self.home / "supernets" / safe_name(f"{Path(space).stem}-{data}")
+
+    def tuning_dir(self, device: str, space: str) -> Path:
+        """The MetaSchedule database of a (device, space): one per pair, reused by every subnet build."""
+        return self.home / "tuning" / device / Path(space).stem
+
+    def exports_dir(self) -> Path:
+        return self.home / "exports"
+
+    def jobs_dir(self) -> Path:
+        """Job artefacts (Pareto plots)."""
+        return self.home / "jobs"
+
+
+def configure_logging(settings: Settings | None = None) -> None:
+    """hwnas's loggers to stderr at the settings' level, once per process (the service, runners, long commands).
+
+    Only the `hwnas` logger tree is configured: libraries keep their own levels and handlers.
+    """
+    settings = settings or Settings()
+    log = logging.getLogger("hwnas")
+    log.setLevel(settings.log_level)
+    if not any(getattr(h, "_hwnas", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._hwnas = True  # type: ignore[attr-defined]  # marks ours, so a second call adds none
+        log.addHandler(handler)
