@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from hwnas.exceptions import MeasurementError
+from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, example_inputs
 from hwnas.search_spaces import SubnetConfig
-from hwnas.supernet import ModelConfig, SubTransformer, init_weights
+from hwnas.supernet import ModelConfig, SubTransformer, init_weights, load_subtransformer
 
 ENCODER, DECODER_STEP = "encoder", "decoder_step"
 
@@ -85,8 +86,6 @@ class BuildResult:
 
 def subnet_model(inp: BuildInput) -> SubTransformer:
     if inp.weights:
-        from hwnas.supernet import load_subtransformer
-
         model, _ = load_subtransformer(inp.weights)
         return model
     torch.manual_seed(0)
@@ -99,8 +98,6 @@ def export_relax(model: SubTransformer, *, batch: int, source_length_tokens: int
     """One IRModule holding the `encoder` and `decoder_step` functions, weights as constants."""
     import tvm
     from tvm.relax.frontend.torch import from_exported_program
-
-    from hwnas.kernels import DecoderStepGraph, EncoderGraph, example_inputs
 
     enc_in, step_in = example_inputs(model, batch=batch, src_len=source_length_tokens, cache_len=cache_len)
     funcs = {}

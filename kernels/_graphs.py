@@ -9,12 +9,19 @@ once per sentence.
 
 from __future__ import annotations
 
+from typing import Protocol, cast
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from hwnas.search_spaces import SubnetConfig
 from hwnas.supernet import ModelConfig, SubTransformer, sinusoid
+
+
+class _KeysValues(Protocol):
+    # What the graph uses of a decoder layer's `encoder_attn` (an `nn.Module` attribute, typed `Tensor | Module`).
+    def keys_values(self, kv: Tensor) -> tuple[Tensor, Tensor]: ...
 
 
 class EncoderGraph(nn.Module):
@@ -29,7 +36,7 @@ class EncoderGraph(nn.Module):
         out: list[Tensor] = []
         for i, layer in enumerate(self.model.decoder_layers):
             a = self.model.cfg.decoder_arbitrary_ende_attn[i]
-            out.extend(layer.encoder_attn.keys_values(torch.cat(enc.states[-a:], dim=1)))
+            out.extend(cast(_KeysValues, layer.encoder_attn).keys_values(torch.cat(enc.states[-a:], dim=1)))
         return tuple(out)
 
 

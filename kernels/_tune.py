@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.kernels._build import DECODER_STEP, ENCODER, export_relax, make_target, prepare
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import ModelConfig, SubTransformer, init_weights
 
@@ -106,8 +107,6 @@ def extract_space_tasks(space: SearchSpace, mc: ModelConfig, target: dict[str, A
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
-    from hwnas.kernels._build import DECODER_STEP, ENCODER, export_relax, make_target, prepare
-
     tgt = make_target(target)
     merged: dict[int, list[Any]] = {}
     for k, cfg in enumerate(covering_subnets(space)):
@@ -148,8 +147,6 @@ def tune_space(*, space: SearchSpace, mc: ModelConfig, target: dict[str, Any], w
                seed: int = 0) -> TuneReport:
     """Spend `trials` more MetaSchedule trials on the space's workloads; the database grows in `work_dir`."""
     from tvm.s_tir import meta_schedule as ms
-
-    from hwnas.kernels import make_target
 
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)

@@ -14,13 +14,14 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hwnas.exceptions import InfeasibleConstraintError, MeasurementError
-from hwnas.kernels import BuildInput, TVMBuilder
+from hwnas.kernels import BuildInput, BuildResult, TVMBuilder
 from hwnas.latency._devices import DeviceProfile, protocol_for
 from hwnas.latency._predictor import Sample
 from hwnas.latency._protocol import MeasureConfig, RunResult
@@ -146,30 +147,32 @@ def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
                 todo.append(ref_build)
                 dirs.append(tempfile.mkdtemp(prefix="hwnas-reference-", dir=work_dir) if reference_cache is not None
                             else str(Path(tmp) / "reference"))
-            built = TVMBuilder(max_workers=build_workers, timeout_s=timeout_s).build(todo, dirs)
-            if len(built) > len(builds):
-                ref = built.pop()
+            tvm_built = TVMBuilder(max_workers=build_workers, timeout_s=timeout_s).build(todo, dirs)
+            if len(tvm_built) > len(builds):
+                ref = tvm_built.pop()
                 if ref.artifact:
                     cache[ref_key] = ref.artifact
+            built = cast(list[BuildResult | None], tvm_built)  # the same list; None only in the branch below
         else:
             built = [None] * len(builds)
         to_run = [i for i, b in enumerate(built) if b is None or b.artifact]
-        inputs = [RunInput(builds[i], built[i].artifact if built[i] else None) for i in to_run]
+        inputs = [RunInput(builds[i], b.artifact if (b := built[i]) else None) for i in to_run]
         with_ref = ref_build is not None and (device.runtime != "tvm" or ref_key in cache)
         if with_ref:
-            inputs.insert(0, RunInput(ref_build, cache.get(ref_key)))  # type: ignore[arg-type]
+            inputs.insert(0, RunInput(cast(BuildInput, ref_build), cache.get(ref_key)))  # with_ref: not None
         timed = runner.run(inputs, protocol)
     reference_ms = None
     if with_ref:
         ref_result, timed = timed[0], timed[1:]
         reference_ms = ref_result.latency_ms(protocol.decode_steps, protocol.passes) if ref_result.ok else None
-    results: list[RunResult] = [RunResult(error=f"build failed: {b.error}") if b and b.error else None
-                                for b in built]  # type: ignore[misc]
+    results: list[RunResult | None] = [RunResult(error=f"build failed: {b.error}") if b and b.error else None
+                                       for b in built]
     for i, r in zip(to_run, timed, strict=True):
         results[i] = r
+    # Every slot is filled now: failed builds above, the rest (`to_run`) from `timed`.
     return [MeasurementRecord(device.name, space.name, cfg, protocol, key, r,
                               reference_ms=reference_ms if r.ok else None)
-            for cfg, r in zip(subnets, results, strict=True)]
+            for cfg, r in zip(subnets, cast(list[RunResult], results), strict=True)]
 
 
 def drift_factor(record: MeasurementRecord, baseline: float | None) -> float | None:

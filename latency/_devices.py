@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import platform
 from importlib import metadata
@@ -11,16 +12,39 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.exceptions import MeasurementError
+from hwnas.kernels import host_target
 from hwnas.latency._protocol import MeasureConfig
 
 KINDS = ("cpu", "gpu", "iot")
 RUNTIMES = ("tvm", "torch")
 LOCATIONS = ("local", "rpc")
+NAME_MAX_CHARS = 128  # the table column's width: PostgreSQL enforces it, SQLite would not
+
+
+def parse_tracker(tracker: str | None) -> tuple[str, int]:
+    """(host, port) of a TVM RPC tracker's HOST:PORT: the one parser of tracker addresses."""
+    host, _, port = (tracker or "").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise MeasurementError(f"bad tracker address {tracker!r} (expected HOST:PORT)")
+    return host, int(port)
+
+
+def _json_object(name: str, field: str, value: object) -> None:
+    if not isinstance(value, dict):
+        raise MeasurementError(f"device '{name}': {field} must be a JSON object (dict), got {type(value).__name__}")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise MeasurementError(f"device '{name}': {field} is not storable as JSON: {e}") from e
 
 
 @dataclasses.dataclass(frozen=True)
 class DeviceProfile:
-    """A measurement target. `target` is a TVM target JSON dict (TVM 0.27 rejects target strings)."""
+    """A measurement target: the one shape of a device between the `devices` table and the API's schemas.
+
+    `target` is a TVM target JSON dict (TVM 0.27 rejects target strings). Every field is checked here, so a
+    profile that exists can be stored and measured on.
+    """
 
     name: str
     kind: str
@@ -33,17 +57,30 @@ class DeviceProfile:
     protocol: MeasureConfig = MeasureConfig()
 
     def __post_init__(self) -> None:
+        name = self.name
+        if not 0 < len(name) <= NAME_MAX_CHARS or not all(c.isalnum() or c in "-_." for c in name):
+            raise MeasurementError(f"device name {name!r} must be 1 to {NAME_MAX_CHARS} characters: letters, digits, "
+                                   f"'-', '_' or '.'")
         for field, allowed in (("kind", KINDS), ("runtime", RUNTIMES), ("location", LOCATIONS)):
             if getattr(self, field) not in allowed:
-                raise MeasurementError(f"device '{self.name}': {field} '{getattr(self, field)}' is not one of "
+                raise MeasurementError(f"device '{name}': {field} '{getattr(self, field)}' is not one of "
                                        f"{', '.join(allowed)}")
-        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
-            raise MeasurementError(f"device name '{self.name}' must be letters, digits, '-', '_' or '.'")
+        _json_object(name, "target", self.target)
+        if not isinstance(self.target.get("kind"), str):
+            raise MeasurementError(f"device '{name}': target needs a 'kind' (a TVM target dict such as "
+                                   f'{{"kind": "llvm", "mcpu": "znver4"}}), got {json.dumps(self.target)}')
+        _json_object(name, "fingerprint", self.fingerprint)
         if self.location == "rpc":
-            host, _, port = (self.tracker or "").rpartition(":")
-            if not host or not port.isdigit() or not self.rpc_key:
-                raise MeasurementError(f"device '{self.name}': an rpc device needs --tracker HOST:PORT and --key, "
+            if not self.tracker or not self.rpc_key:
+                raise MeasurementError(f"device '{name}': an rpc device needs --tracker HOST:PORT and --key, "
                                        f"got tracker={self.tracker!r} key={self.rpc_key!r}")
+            try:
+                parse_tracker(self.tracker)
+            except MeasurementError as e:
+                raise MeasurementError(f"device '{name}': {e}") from None
+        elif self.tracker is not None or self.rpc_key is not None:  # ignoring them would hide a forgotten 'rpc'
+            raise MeasurementError(f"device '{name}': tracker and rpc_key apply to location 'rpc' only, "
+                                   f"not {self.location!r}")
 
     @property
     def torch_device(self) -> str:
@@ -121,8 +158,6 @@ def local_cpu_profile(*, threads: int | None = None) -> DeviceProfile:
     timed runs in `LOCAL_PASSES` passes interleaved across each batch (a shared machine's slow spells
     land on every subnet of a batch alike, and the quietest pass counts), and a reference subnet
     timed with every batch (this VM drifts by 5-20% between sessions, alike for every subnet)."""
-    from hwnas.kernels import host_target
-
     cores = os.cpu_count() or 1
     return DeviceProfile(name="local-cpu", kind="cpu", target=host_target(), runtime="tvm",
                          fingerprint=local_fingerprint(),

@@ -19,6 +19,9 @@ from scipy.stats import kendalltau, spearmanr
 
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 
+# A layerwise feature column: an operator family and its shape, e.g. ("embed", e), ("ffn", e, f), ("cross", d, h, a).
+_Column = tuple[str, int] | tuple[str, int, int] | tuple[str, int, int, int]
+
 
 @dataclasses.dataclass(frozen=True)
 class Sample:
@@ -60,7 +63,8 @@ class LatencyPredictor(abc.ABC):
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        arrays = {k: v for k, v in self._state().items() if isinstance(v, np.ndarray)}
+        # Any values: with a plain ndarray dict mypy fears a key could be savez's `allow_pickle` flag
+        arrays: dict[str, Any] = {k: v for k, v in self._state().items() if isinstance(v, np.ndarray)}
         meta = {k: v for k, v in self._state().items() if not isinstance(v, np.ndarray)}
         header = {"kind": self.kind, "space": self.space.to_dict(), "decode_steps": self.decode_steps, **meta}
         np.savez(buf, __header__=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
@@ -181,12 +185,12 @@ class LayerwisePredictor(LatencyPredictor):
         if features not in (1, 2):
             raise ValueError(f"layerwise feature set {features} is unknown (1 or 2)")
         s, self.features = self.space, features
-        self._enc_cols = [("embed", e) for e in s.encoder_embed_dim]
+        self._enc_cols: list[_Column] = [("embed", e) for e in s.encoder_embed_dim]
         self._enc_cols += [("ffn", e, f) for e in s.encoder_embed_dim for f in s.encoder_ffn_embed_dim]
         self._enc_cols += [("attn", e, h) for e in s.encoder_embed_dim for h in s.encoder_self_attention_heads]
         if features >= 2:
             self._enc_cols += [("kv", e, a) for e in s.encoder_embed_dim for a in s.decoder_arbitrary_ende_attn]
-        self._dec_cols = [("embed", d) for d in s.decoder_embed_dim]
+        self._dec_cols: list[_Column] = [("embed", d) for d in s.decoder_embed_dim]
         self._dec_cols += [("ffn", d, f) for d in s.decoder_embed_dim for f in s.decoder_ffn_embed_dim]
         self._dec_cols += [("self", d, h) for d in s.decoder_embed_dim for h in s.decoder_self_attention_heads]
         self._dec_cols += [("cross", d, h, a) for d in s.decoder_embed_dim for h in s.decoder_ende_attention_heads

@@ -7,8 +7,10 @@ import json
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from hwnas.db import Database, DeviceRecord, add_device, get_device, list_devices, remove_device
+from hwnas.db import Database
 from hwnas.db import Device as DeviceRow
 from hwnas.db import Measurement as MeasurementRow
 from hwnas.db import Predictor as PredictorRow
@@ -20,62 +22,83 @@ from hwnas.latency._protocol import MeasureConfig, RunResult
 from hwnas.search_spaces import SubnetConfig
 
 
-def _profile(row: DeviceRow | DeviceRecord) -> DeviceProfile:
-    return DeviceProfile(name=row.name, kind=row.kind, target=row.target, runtime=row.runtime, location=row.location,
-                         tracker=row.tracker, rpc_key=row.rpc_key, fingerprint=row.fingerprint,
-                         protocol=MeasureConfig.from_dict(row.protocol))
+def _profile(row: DeviceRow) -> DeviceProfile:
+    return DeviceProfile(name=row.name, kind=row.kind, target=dict(row.target), runtime=row.runtime,
+                         location=row.location, tracker=row.tracker, rpc_key=row.rpc_key,
+                         fingerprint=dict(row.fingerprint), protocol=MeasureConfig.from_dict(row.protocol))
 
 
 class DeviceRegistry:
-    """Device profiles: the built-in ones plus those stored by `hwnas.db` (built-ins get a row when first used)."""
+    """Device profiles: the built-in ones plus those in the `devices` table (built-ins get a row when first used).
+
+    Callers get `DeviceProfile`s, never live rows. Removing a device removes its measurements and predictors.
+    """
 
     def __init__(self, db: Database):
         self.db = db
 
     def add(self, profile: DeviceProfile) -> DeviceProfile:
+        """Register `profile`; a built-in or taken name is a DuplicateError."""
         if profile.name in builtin_devices():
             raise DuplicateError(f"device '{profile.name}' is built in; choose another name")
         self._store(profile)
         return profile
 
-    def _store(self, p: DeviceProfile) -> DeviceRecord:
-        return add_device(self.db, name=p.name, kind=p.kind, target=p.target, runtime=p.runtime, location=p.location,
-                          tracker=p.tracker, rpc_key=p.rpc_key, fingerprint=p.fingerprint,
-                          protocol=p.protocol.to_dict())
+    def _store(self, p: DeviceProfile) -> int:
+        taken = f"device '{p.name}' already exists; remove it first or choose another name"
+        with self.db.session() as s:
+            if s.scalar(select(DeviceRow.id).where(DeviceRow.name == p.name)) is not None:
+                raise DuplicateError(taken)
+            row = DeviceRow(name=p.name, kind=p.kind, target=p.target, runtime=p.runtime, location=p.location,
+                            tracker=p.tracker, rpc_key=p.rpc_key, fingerprint=p.fingerprint,
+                            protocol=p.protocol.to_dict())
+            s.add(row)
+            try:
+                s.flush()
+            except IntegrityError as e:  # another process registered the same name since the check above
+                raise DuplicateError(taken) from e
+            return row.id
+
+    def _row(self, s: Session, name: str) -> DeviceRow:
+        row = s.scalar(select(DeviceRow).where(DeviceRow.name == name))
+        if row is None:
+            known = sorted({*builtin_devices(), *s.scalars(select(DeviceRow.name))})
+            raise NotFoundError(f"unknown device '{name}' (known: {', '.join(known)})")
+        return row
 
     def get(self, name: str) -> DeviceProfile:
+        """A built-in or registered device; NotFoundError (a LookupError) lists the known names."""
         builtin = builtin_devices()
         if name in builtin:
             return builtin[name]
-        try:
-            return _profile(get_device(self.db, name))
-        except NotFoundError:
-            known = sorted({*builtin, *(d.name for d in list_devices(self.db))})
-            raise NotFoundError(f"unknown device '{name}' (known: {', '.join(known)})") from None
+        with self.db.session() as s:
+            return _profile(self._row(s, name))
 
     def list(self) -> list[DeviceProfile]:
+        """The built-ins, then the registered devices by name."""
         builtin = builtin_devices()
-        return [*builtin.values(), *(_profile(d) for d in list_devices(self.db) if d.name not in builtin)]
+        with self.db.session() as s:
+            rows = [_profile(r) for r in s.scalars(select(DeviceRow).order_by(DeviceRow.name))]
+        return [*builtin.values(), *(d for d in rows if d.name not in builtin)]
 
     def remove(self, name: str) -> None:
         if name in builtin_devices():
             raise DuplicateError(f"device '{name}' is built in and cannot be removed")
-        remove_device(self.db, name)  # its measurements and predictors go with it (ON DELETE CASCADE)
+        with self.db.session() as s:
+            s.delete(self._row(s, name))  # its measurements and predictors go with it (ON DELETE CASCADE)
 
     def row_id(self, profile: DeviceProfile) -> int:
         """The device's row id; a built-in gets its row on first use, and its fingerprint and protocol kept
         current (a new release may measure the built-ins differently; records keep their own protocol)."""
-        try:
-            record = get_device(self.db, profile.name)
-        except NotFoundError:
-            return self._store(profile).id
         protocol = profile.protocol.to_dict()
-        if profile.name in builtin_devices() and (record.fingerprint, record.protocol) != (profile.fingerprint,
-                                                                                          protocol):
-            with self.db.session() as s:
-                row = s.get_one(DeviceRow, record.id)
-                row.fingerprint, row.protocol = profile.fingerprint, protocol
-        return record.id
+        with self.db.session() as s:
+            row = s.scalar(select(DeviceRow).where(DeviceRow.name == profile.name))
+            if row is not None:
+                if profile.name in builtin_devices() and (row.fingerprint, row.protocol) != (profile.fingerprint,
+                                                                                             protocol):
+                    row.fingerprint, row.protocol = profile.fingerprint, protocol
+                return row.id
+        return self._store(profile)
 
     def measurement_counts(self, name: str) -> dict[str, Any]:
         with self.db.session() as s:
@@ -83,7 +106,6 @@ class DeviceRegistry:
                  .join(DeviceRow).where(DeviceRow.name == name).group_by(MeasurementRow.status))
             rows = s.execute(q).all()
         return {status: {"count": n, "mean_cv": cv} for status, n, cv in rows}
-
 
 class SQLMeasurementStore(MeasurementStore):
     """Measurement records in the results database; one transaction per record."""

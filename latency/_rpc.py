@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hwnas.exceptions import MeasurementError
-from hwnas.latency._runner import parse_tracker
+from hwnas.latency._devices import parse_tracker
 
 
 def free_port() -> int:

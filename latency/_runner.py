@@ -24,10 +24,24 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from hwnas.kernels import DECODER_STEP, ENCODER, BuildInput
+from hwnas.exceptions import MeasurementError
+from hwnas.kernels import (
+    DECODER_STEP,
+    ENCODER,
+    BuildInput,
+    DecoderStepGraph,
+    EncoderGraph,
+    example_inputs,
+    input_specs,
+    random_inputs,
+    subnet_model,
+)
+from hwnas.latency._devices import parse_tracker
 from hwnas.latency._protocol import MeasureConfig, RunResult
+from hwnas.search_spaces import SubnetConfig
+from hwnas.supernet import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,10 +211,6 @@ def _load_cuda_runtime(arch: str) -> None:
 
 def _tvm_inputs(meta: dict[str, Any], to_device: Callable[[Any], Any]) -> dict[str, list[Any]]:
     """The timing inputs of both functions, on the device."""
-    from hwnas.kernels import input_specs, random_inputs
-    from hwnas.search_spaces import SubnetConfig
-    from hwnas.supernet import ModelConfig
-
     cfg, mc = SubnetConfig.from_dict(meta["subnet"]), ModelConfig(**meta["model_config"])
     specs = input_specs(cfg, mc, batch=meta["batch"], src_len=meta["source_length_tokens"],
                         cache_len=meta["cache_len"])
@@ -286,8 +296,6 @@ def _load_torch(build: BuildInput, protocol: MeasureConfig, device: str) -> tupl
     """The encoder and decoder-step graphs with their inputs on `device`, and the device's sync."""
     import torch
 
-    from hwnas.kernels import DecoderStepGraph, EncoderGraph, example_inputs, subnet_model
-
     if protocol.threads:
         torch.set_num_threads(protocol.threads)
     model = subnet_model(build).to(device)
@@ -309,7 +317,9 @@ def _time_torch_pass(graphs: list[Any], sync: Callable[[], None],
     out = []
     with torch.inference_mode():
         for graph, args in graphs:
-            out.append(time_calls(lambda g=graph, a=args: g(*a), warmup=protocol.warmup_runs,
+            # cast: mypy cannot infer a lambda whose defaults bind the loop variables
+            call = cast(Callable[[], Any], lambda g=graph, a=args: g(*a))
+            out.append(time_calls(call, warmup=protocol.warmup_runs,
                                   runs=protocol.runs_per_pass, number=protocol.number, sync=sync,
                                   cooldown_ms=protocol.cooldown_ms))
     return out[0], out[1]
@@ -354,20 +364,9 @@ class TorchRunner(_PooledRunner):
         return (item.build, protocol, self.device)
 
 
-def parse_tracker(tracker: str) -> tuple[str, int]:
-    host, _, port = tracker.rpartition(":")
-    if not host or not port.isdigit():
-        from hwnas.exceptions import MeasurementError
-
-        raise MeasurementError(f"bad tracker address '{tracker}' (expected HOST:PORT)")
-    return host, int(port)
-
-
 def check_tracker(tracker: str, key: str, *, timeout_s: float = 5.0) -> None:
     """Fail fast, with one clear line, when the tracker is unreachable or knows no server with `key`."""
     import socket
-
-    from hwnas.exceptions import MeasurementError
 
     host, port = parse_tracker(tracker)
     try:

@@ -66,7 +66,7 @@ class JobOut(BaseModel):
         spec = j.spec.to_dict()
         spec.pop("supernet", None)  # a server path: not the user's business
         spec.pop("tuning_dir", None)
-        return cls(id=j.id, status=j.status, error=j.error, space=j.spec.space, device=j.spec.device,  # type: ignore[arg-type]
+        return cls(id=j.id, status=j.status, error=j.error, space=j.spec.space, device=j.spec.device,
                    latency_ms=j.spec.latency_ms, strategy=j.spec.strategy, generation=j.generation,
                    generations_total=j.generations_total,
                    progress=min(1.0, j.generation / j.generations_total) if j.generations_total else 0.0,

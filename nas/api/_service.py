@@ -75,7 +75,7 @@ def create_owned_job(db: Database, user: str, body: JobCreate) -> int:
 
 def export_out(row: Export) -> ExportOut:
     return ExportOut(id=row.id, job_id=row.job_id, candidate_id=row.candidate_id, format=row.format,
-                     status=row.status, error=row.error, created_at=row.created_at,  # type: ignore[arg-type]
+                     status=row.status, error=row.error, created_at=row.created_at,
                      finished_at=row.finished_at, download=f"/exports/{row.id}")
 
 
@@ -94,8 +94,8 @@ def job_exports(db: Database, job_id: int) -> list[ExportOut]:
 
 
 def device_out(d: DeviceProfile) -> DeviceOut:
-    return DeviceOut(name=d.name, kind=d.kind, target=d.target, runtime=d.runtime,  # type: ignore[arg-type]
-                     location=d.location, tracker=d.tracker, rpc_key=d.rpc_key)  # type: ignore[arg-type]
+    return DeviceOut(name=d.name, kind=d.kind, target=d.target, runtime=d.runtime,
+                     location=d.location, tracker=d.tracker, rpc_key=d.rpc_key)
 
 
 def device_profile(db: Database, name: str) -> DeviceProfileOut:

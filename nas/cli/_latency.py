@@ -28,14 +28,18 @@ def kernels_tune(
     vocab_size: Annotated[int | None, typer.Option(min=8)] = None,
 ) -> None:
     """Tune every workload of a space for a device, into a database that every subnet build reuses."""
-    from hwnas.jobs import default_vocab_size, tune_kernels
+    from hwnas.jobs import default_vocab_size, tune_kernels, tuning_records
     from hwnas.search_spaces import get_space
     from hwnas.supernet import ModelConfig
 
     dev, sp = device(device_name), get_space(space)
     mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
     out = settings().tuning_dir(dev.name, sp.name)
-    report = tune_kernels(device=dev, space=sp, model_config=mc, trials=trials)
+    report = tune_kernels(device=dev, space=sp, model_config=mc,
+                          records=tuning_records(dev.name, sp.name) + trials)
+    if report is None:
+        console.print(f"tuning database: {out} (no trials asked for)")
+        return
     table = Table("task", "calls/sentence", "trials", "best us", "GFLOP/s", "% of peak")
     for t in report.tasks[:20]:
         peak = f"{100 * t.peak_fraction:.0f}" if t.peak_fraction else "-"

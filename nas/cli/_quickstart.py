@@ -173,9 +173,10 @@ def _checkpoint_dir(config: Any, data: Any) -> Path:  # TrainConfig, DataSpec
     `--sandwich`): then a sibling named after this recipe, so neither run overwrites the other."""
     import hashlib
 
+    from hwnas.search_spaces import get_space
     from hwnas.supernet import read_checkpoint
 
-    base = settings().supernet_dir(SPACE, str(data))
+    base = settings().supernet_dir(get_space(SPACE).name, str(data))  # where jobs.train_supernet looks
     ckpt = base / "checkpoint.pt"
     if not ckpt.exists() or _recipe(read_checkpoint(ckpt)["train_config"]) == _recipe(dataclasses.asdict(config)):
         return base
@@ -207,19 +208,12 @@ def _supernet(summary: Summary, space: SearchSpace, steps: int) -> ModelConfig:
 
 # -- 2. kernels -------------------------------------------------------------------------------------------
 
-def _records(tuning_dir: Path) -> int:
-    """Tuning records in a MetaSchedule JSON database (one per line; one per trial)."""
-    path = tuning_dir / "database_tuning_record.json"
-    if not path.exists():
-        return 0
-    with path.open("rb") as f:
-        return sum(1 for _ in f)
-
-
 @contextmanager
-def _record_progress(tuning_dir: Path, have: int, want: int) -> Iterator[None]:
+def _record_progress(device: str, space: str, have: int, want: int) -> Iterator[None]:
     """A progress bar fed by the growing database: MetaSchedule reports only to its logs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from hwnas.jobs import tuning_records
 
     stop = threading.Event()
     with Progress(TextColumn("[bold]tune kernels"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -228,7 +222,7 @@ def _record_progress(tuning_dir: Path, have: int, want: int) -> Iterator[None]:
 
         def watch() -> None:
             while not stop.wait(2.0):  # ends when tuning returns (the finally below)
-                bar.update(task, completed=min(_records(tuning_dir), want))
+                bar.update(task, completed=min(tuning_records(device, space), want))
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
@@ -237,17 +231,17 @@ def _record_progress(tuning_dir: Path, have: int, want: int) -> Iterator[None]:
         finally:
             stop.set()
             watcher.join(timeout=5.0)
-            bar.update(task, completed=min(_records(tuning_dir), want))
+            bar.update(task, completed=min(tuning_records(device, space), want))
 
 
 def _kernels(summary: Summary, device: DeviceProfile, space: SearchSpace, mc: ModelConfig, trials: int) -> None:
     """Top the device's tuning database for the space up to `trials` records (`hwnas kernels tune` adds them)."""
     import logging
 
-    from hwnas.jobs import tune_kernels
+    from hwnas.jobs import tune_kernels, tuning_records
 
     tdir = settings().tuning_dir(device.name, space.name)
-    have = _records(tdir)
+    have = tuning_records(device.name, space.name)
     if have >= trials:
         console.print(f"reusing {tdir}: {have} records")
     else:
@@ -255,12 +249,13 @@ def _kernels(summary: Summary, device: DeviceProfile, space: SearchSpace, mc: Mo
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         console.print(f"extracting the space's workloads, then {trials - have} trials "
                       f"({have} already in {tdir})")
-        with _record_progress(tdir, have, trials):
-            report = tune_kernels(device=device, space=space, model_config=mc, trials=trials - have)
-        tuned = sum(1 for t in report.tasks if t.trials)
-        console.print(f"tuning database {tdir}: {report.trials} records, {tuned} of {len(report.tasks)} "
-                      f"tasks tuned, the heaviest first")
-    summary.tuning_dir, summary.tuning_records = str(tdir), _records(tdir)
+        with _record_progress(device.name, space.name, have, trials):
+            report = tune_kernels(device=device, space=space, model_config=mc, records=trials)
+        if report is not None:  # None: another process filled the database meanwhile
+            tuned = sum(1 for t in report.tasks if t.trials)
+            console.print(f"tuning database {tdir}: {report.trials} records, {tuned} of {len(report.tasks)} "
+                          f"tasks tuned, the heaviest first")
+    summary.tuning_dir, summary.tuning_records = str(tdir), tuning_records(device.name, space.name)
 
 
 # -- 3. latency -------------------------------------------------------------------------------------------

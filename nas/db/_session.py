@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from hwnas.exceptions import StorageError
+from hwnas.settings import Settings
 
 __all__ = ["Database", "alembic_config", "create_engine_for", "masked", "resolve_url", "upgrade"]
 
@@ -25,16 +25,8 @@ _MIGRATION_LOCK_ID = 0x68776E6173  # "hwnas": the PostgreSQL advisory lock held 
 
 
 def resolve_url(url: str | None = None) -> str:
-    """Explicit argument > $HWNAS_DB_URL > a SQLite file under $HWNAS_HOME (or the user data dir)."""
-    if url:
-        return url
-    if os.environ.get("HWNAS_DB_URL"):
-        return os.environ["HWNAS_DB_URL"]
-    from platformdirs import user_data_dir
-
-    home = Path(os.environ.get("HWNAS_HOME") or user_data_dir("hwnas"))
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'hwnas.db'}"
+    """Explicit argument > the settings' database URL ($HWNAS_DB_URL, else SQLite in $HWNAS_HOME)."""
+    return url or Settings().database_url()
 
 
 def masked(url: str | URL) -> str:

@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -58,19 +58,6 @@ from hwnas.kernels import (
 from hwnas.latency import DeviceProfile, MeasurementRecord, RunResult, cv, split_passes, tvm_device
 from hwnas.search_spaces import SubnetConfig
 from hwnas.supernet import ModelConfig, SubTransformer, load_subtransformer, save_subtransformer
-
-__all__ = [
-    "BUNDLE_FORMAT",
-    "FORMATS",
-    "Bundle",
-    "ExportFormat",
-    "LatencyCertificate",
-    "export_bundle",
-    "export_onnx",
-    "graph_output_names",
-    "load_bundle",
-    "onnx_session",
-]
 
 ExportFormat = Literal["torchscript", "onnx", "tvm"]
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
@@ -178,7 +165,8 @@ class LatencyCertificate:
     def latency_cv(self) -> float:
         """Noise of the measurement: the larger coefficient of variation (std/mean) of its two parts."""
         enc, dec = self._runs()
-        return max(cv(enc), cv(dec))
+        # cast: cv takes any 1-D array-like (it calls np.asarray), though it is typed Sequence[float]
+        return max(cv(cast(Sequence[float], enc)), cv(cast(Sequence[float], dec)))
 
     def derived(self) -> dict[str, float]:
         """The figures derived from the raw runs, by name (as `to_dict` writes them)."""

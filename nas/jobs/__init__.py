@@ -25,6 +25,7 @@ from hwnas.jobs._pipeline import (
     measure_subnets,
     train_supernet,
     tune_kernels,
+    tuning_records,
     tuning_to_use,
 )
 from hwnas.jobs._plot import plot_front
@@ -104,6 +105,7 @@ __all__ = [
     "runner_id",
     "train_supernet",
     "tune_kernels",
+    "tuning_records",
     "tuning_to_use",
     "worker_resources",
 ]

@@ -72,7 +72,7 @@ class RayLauncher(Launcher):
                                       ).remote(self.db_url)
         except ValueError:  # the name is taken: a runner started meanwhile
             return
-        actor.run.remote(kind, id_)
+        actor.run.remote(kind, id_)  # type: ignore[attr-defined]  # Ray's stubs type actor methods without .remote
 
     def alive(self, kind: Kind, id_: int) -> bool:
         try:

@@ -53,11 +53,25 @@ def tuning_to_use(device: DeviceProfile, space: str, *, untuned: bool = False,
     return str(tdir)
 
 
-def tune_kernels(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, trials: int,
-                 settings: Settings | None = None) -> TuneReport:
-    """Add `trials` MetaSchedule trials to the (device, space) tuning database; its report lands beside it."""
-    out = (settings or Settings()).tuning_dir(device.name, space.name)
-    report = tune_space(space=space, mc=model_config, target=device.target, work_dir=out, trials=trials,
+def tuning_records(device: str, space: str, *, settings: Settings | None = None) -> int:
+    """Trials in the (device, space) MetaSchedule JSON database (one record per line)."""
+    path = (settings or Settings()).tuning_dir(device, space) / "database_tuning_record.json"
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
+
+
+def tune_kernels(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, records: int,
+                 settings: Settings | None = None) -> TuneReport | None:
+    """Tune until the (device, space) database holds `records` MetaSchedule trials (None: it already does);
+    the report lands beside the database."""
+    settings = settings or Settings()
+    have = tuning_records(device.name, space.name, settings=settings)
+    if have >= records:
+        return None
+    out = settings.tuning_dir(device.name, space.name)
+    report = tune_space(space=space, mc=model_config, target=device.target, work_dir=out, trials=records - have,
                         decode_steps=space.source_length_tokens)
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
     return report

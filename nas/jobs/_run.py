@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -158,7 +158,9 @@ def _commit_generation(db: Database, job_id: int, index: int, strategy: Strategy
                          best_loss=best[1].fitness() if best else None))
         job = s.get_one(SearchJob, job_id)
         job.generation = strategy.progress[0]
-        job.evaluations = s.scalar(select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id))
+        # cast: a COUNT(*) always returns a row, so the scalar is never None
+        job.evaluations = cast(int, s.scalar(select(func.count()).select_from(Candidate)
+                                             .where(Candidate.job_id == job_id)))
         job.best_loss = best[1].fitness() if best else None
         job.best_subnet_key = best[0].key() if best else None
         renew(job)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 from sqlalchemy import func, select
@@ -66,9 +67,10 @@ class JobInfo:
 
 
 def _info(j: SearchJob) -> JobInfo:
-    return JobInfo(j.id, j.owner, SearchSpec.from_dict(j.spec), j.status, j.error, j.generation, j.generations_total,
-                   j.evaluations, j.best_loss, j.best_subnet_key, j.created_at, j.finished_at, j.started_at,
-                   j.heartbeat_at, j.attempts, j.lease_owner)
+    # cast: the column is a plain string; the database holds only JobStatus values
+    return JobInfo(j.id, j.owner, SearchSpec.from_dict(j.spec), cast(JobStatus, j.status), j.error, j.generation,
+                   j.generations_total, j.evaluations, j.best_loss, j.best_subnet_key, j.created_at, j.finished_at,
+                   j.started_at, j.heartbeat_at, j.attempts, j.lease_owner)
 
 
 # ----------------------------------------------------------------------------------------------- jobs in the db

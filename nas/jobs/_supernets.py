@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from hwnas.db import Database, Supernet
 from hwnas.exceptions import CheckpointError, NotFoundError
-from hwnas.supernet import read_checkpoint
+from hwnas.supernet import ModelConfig, read_checkpoint
 
 __all__ = ["SupernetInfo", "get_supernet", "list_supernets", "register_supernet"]
 
@@ -27,6 +27,10 @@ class SupernetInfo:
     step: int
     sha256: str
     created_at: dt.datetime
+
+    def model_config(self) -> ModelConfig:
+        """The supernet's model config (vocabulary, widths): what its subnets are built, tuned and measured as."""
+        return ModelConfig(**read_checkpoint(self.path)["model_config"])
 
 
 def _info(row: Supernet) -> SupernetInfo:

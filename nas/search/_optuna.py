@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hwnas.exceptions import InfeasibleConstraintError
@@ -88,7 +88,8 @@ class OptunaSearch(Strategy):
         self.seed, self.max_attempts_per_subnet = seed, max_attempts_per_subnet
         genes = problem.space.genes()
         self._params = [g.field if g.layer is None else f"{g.field}.{g.layer}" for g in genes]
-        self._distributions = {p: CategoricalDistribution(g.choices) for p, g in zip(self._params, genes, strict=True)}
+        self._distributions: dict[str, BaseDistribution] = {
+            p: CategoricalDistribution(g.choices) for p, g in zip(self._params, genes, strict=True)}
         self._budgets = np.array([c.max_latency_ms for c in problem.constraints])
         self._done = 0
         self._pending: dict[int, tuple[SubnetConfig, float]] = {}  # trial number -> (subnet, latency), asked

@@ -63,9 +63,11 @@ def home(service_home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return service_home
 
 
-def save_stand_in_predictor(db: Database) -> float:
-    """Stores a layerwise predictor fitted to stand-in timings (test data, named so) for DEVICE on quickstart;
-    returns a budget about half of the space meets."""
+def ready_for_jobs(db: Database, home: Path) -> float:
+    """Readies the service for jobs: registers `home`'s quickstart supernet and stores a layerwise predictor fitted
+    to stand-in timings (test data, named so) for DEVICE on quickstart; returns a budget about half of the space
+    meets."""
+    register_supernet(db, service_checkpoint(home))
     space = get_space("quickstart")
     rng = np.random.default_rng(0)
     subnets = [space.sample(rng) for _ in range(60)]
@@ -78,9 +80,7 @@ def save_stand_in_predictor(db: Database) -> float:
 
 @pytest.fixture()
 def budget_ms(db: Database, home: Path) -> float:
-    """The service is ready for jobs: its supernet registered, a predictor stored; returns a budget."""
-    register_supernet(db, service_checkpoint(home))
-    return save_stand_in_predictor(db)
+    return ready_for_jobs(db, home)
 
 
 @pytest.fixture()

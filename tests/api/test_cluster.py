@@ -458,13 +458,13 @@ def test_a_job_submitted_to_the_api_runs_on_the_script_cluster(tmp_path: Path, s
     """The integration: the API takes a job, a worker node of the script's Ray cluster runs and verifies it."""
     from hwnas.api import create_token, create_user
     from hwnas.db import Database
-    from tests.api.conftest import DEVICE, save_stand_in_predictor
+    from tests.api.conftest import DEVICE, ready_for_jobs
 
     try:
         with cluster(tmp_path, db_url=fresh_pg_url, env={"HWNAS_HOME": str(service_home)}) as c:
             with Database(fresh_pg_url) as db, pytest.MonkeyPatch.context() as mp:
                 mp.setenv("HWNAS_HOME", str(service_home))
-                budget_ms = save_stand_in_predictor(db)
+                budget_ms = ready_for_jobs(db, service_home)
                 create_user(db, "alice")
                 headers = {"Authorization": f"Bearer {create_token(db, 'alice')}"}
             spec = {"space": "quickstart", "device": DEVICE, "latency_ms": budget_ms, "population": 8,

@@ -13,7 +13,7 @@ import pytest
 from hwnas.api import create_app, create_token, create_user
 from hwnas.db import Database
 from hwnas.settings import Settings
-from tests.api.conftest import RecordingLauncher, live_server, save_stand_in_predictor
+from tests.api.conftest import RecordingLauncher, live_server, ready_for_jobs
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def server(service_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HWNAS_HOME", str(service_home))
         db = Database(f"sqlite:///{tmp_path_factory.mktemp('schema') / 'hwnas.db'}")
-        budget_ms = save_stand_in_predictor(db)
+        budget_ms = ready_for_jobs(db, service_home)
         create_user(db, "fuzz")
         token = create_token(db, "fuzz")
         create_owned_job(db, "fuzz", JobCreate(space="quickstart", device=DEVICE, latency_ms=budget_ms,

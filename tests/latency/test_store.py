@@ -93,16 +93,25 @@ def test_device_registry(db: Database) -> None:
 
 def test_a_builtin_devices_row_follows_its_current_protocol(db: Database) -> None:
     """An older release stored local-cpu with its protocol then (one pass): the row is brought up to date."""
-    from hwnas.db import get_device
+    from sqlalchemy import select
+
+    from hwnas.db import Device
+
+    def stored() -> Device:
+        with db.session() as s:
+            row = s.scalar(select(Device).where(Device.name == "local-cpu"))
+            assert row is not None
+            s.expunge(row)
+            return row
 
     reg, current = DeviceRegistry(db), local_cpu_profile()
     older = dataclasses.replace(current, protocol=dataclasses.replace(current.protocol, passes=1),
                                 fingerprint={**current.fingerprint, "tvm": "0.26"})
     row_id = reg.row_id(older)
-    assert get_device(db, "local-cpu").protocol == older.protocol.to_dict()
+    assert stored().protocol == older.protocol.to_dict()
     assert reg.row_id(current) == row_id
-    stored = get_device(db, "local-cpu")
-    assert stored.protocol == current.protocol.to_dict() and stored.fingerprint == current.fingerprint
+    row = stored()
+    assert row.protocol == current.protocol.to_dict() and row.fingerprint == current.fingerprint
 
 
 def test_predictor_registry_versions(db: Database, tiny_space: SearchSpace) -> None:

@@ -1,6 +1,6 @@
 """The results database on both backends (the `db` fixture: SQLite in tmp_path, and PostgreSQL on
-127.0.0.1:5432 in a database made for this test session): migrations, transactions, the device
-registry and error translation."""
+127.0.0.1:5432 in a database made for this test session): migrations, transactions, the devices table
+through its registry (`hwnas.latency.DeviceRegistry`) and error translation."""
 
 from __future__ import annotations
 
@@ -16,31 +16,29 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, inspect, select, text
 
-from hwnas.db import (
-    Base,
-    Database,
-    Device,
-    DeviceRecord,
-    Measurement,
-    Predictor,
-    add_device,
-    get_device,
-    list_devices,
-    remove_device,
-    resolve_url,
-    upgrade,
-)
+from hwnas.db import Base, Database, Device, Measurement, Predictor, resolve_url, upgrade
 from hwnas.exceptions import DuplicateError, HwnasError, MeasurementError, NotFoundError, StorageError
+from hwnas.latency import DeviceProfile, DeviceRegistry, MeasureConfig
 
 MODEL_TABLES = {"devices", "measurements", "predictors", "supernets"}
 TARGET = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
 PROTOCOL = {"batch": 1, "source_tokens": 30, "warmup": 5, "runs": 20}
+BUILT_IN = ["local-cpu", "local-cpu-torch"]
 
 
-def _add(db: Database, name: str = "pi", **overrides: object) -> DeviceRecord:
+def _add(db: Database, name: str = "pi", **overrides: object) -> DeviceProfile:
     spec: dict[str, object] = dict(name=name, kind="cpu", target=TARGET, runtime="tvm",
-                                   fingerprint={"cpu_model": "AMD EPYC", "cores": 2}, protocol=PROTOCOL)
-    return add_device(db, **{**spec, **overrides})  # type: ignore[arg-type]
+                                   fingerprint={"cpu_model": "AMD EPYC", "cores": 2}, protocol=MeasureConfig())
+    return DeviceRegistry(db).add(DeviceProfile(**{**spec, **overrides}))  # type: ignore[arg-type]
+
+
+def _id(db: Database, name: str) -> int:
+    with db.session() as s:
+        return s.scalars(select(Device.id).where(Device.name == name)).one()
+
+
+def _registered(db: Database) -> list[str]:
+    return [d.name for d in DeviceRegistry(db).list() if d.name not in BUILT_IN]
 
 
 def _measurement(device_id: int, subnet_key: str = "0123456789abcdef") -> Measurement:
@@ -112,78 +110,88 @@ def test_a_failed_transaction_writes_nothing(db: Database) -> None:
                      protocol={}))
         s.flush()  # reached the database, inside the transaction
         raise RuntimeError("boom")
-    assert list_devices(db) == []
+    assert _registered(db) == []
 
 
 def test_unique_measurement_is_a_storage_error_and_the_session_recovers(db: Database) -> None:
-    dev = _add(db)
+    dev_id = _id(db, _add(db).name)
     with db.session() as s:
-        s.add(_measurement(dev.id))
+        s.add(_measurement(dev_id))
     with pytest.raises(StorageError, match="database") as info, db.session() as s:
-        s.add(_measurement(dev.id, subnet_key="fedcba9876543210"))  # new, but rolled back with the duplicate
+        s.add(_measurement(dev_id, subnet_key="fedcba9876543210"))  # new, but rolled back with the duplicate
         s.flush()
-        s.add(_measurement(dev.id))  # same (device, space, subnet, protocol, tuning): measured once
+        s.add(_measurement(dev_id))  # same (device, space, subnet, protocol, tuning): measured once
     assert "\n" not in str(info.value)
     with db.session() as s:  # the database is still usable, and holds the first row only
         assert s.scalar(select(func.count()).select_from(Measurement)) == 1
-        s.add(_measurement(dev.id, subnet_key="fedcba9876543210"))
+        s.add(_measurement(dev_id, subnet_key="fedcba9876543210"))
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Measurement)) == 2
 
 
 def test_timestamps_are_utc_aware(db: Database) -> None:
     before = dt.datetime.now(dt.UTC)
-    dev = _add(db)
-    assert dev.created_at.tzinfo is not None and dev.created_at.utcoffset() == dt.timedelta(0)
-    stored = get_device(db, "pi").created_at  # read back: SQLite keeps no offset, PostgreSQL its session's zone
-    assert stored.utcoffset() == dt.timedelta(0) and stored == dev.created_at
+    with db.session() as s:
+        row = Device(name="pi", kind="cpu", target=TARGET, runtime="tvm", location="local", fingerprint={},
+                     protocol={})
+        s.add(row)
+        s.flush()
+        written = row.created_at
+    assert written.tzinfo is not None and written.utcoffset() == dt.timedelta(0)
+    with db.session() as s:  # read back: SQLite keeps no offset, PostgreSQL its session's zone
+        stored = s.scalars(select(Device.created_at).where(Device.name == "pi")).one()
+    assert stored.utcoffset() == dt.timedelta(0) and stored == written
     assert before - dt.timedelta(seconds=5) <= stored <= dt.datetime.now(dt.UTC)
     with pytest.raises(StorageError, match="naive datetime"), db.session() as s:
         s.add(Device(name="naive", kind="cpu", target=TARGET, runtime="tvm", location="local", fingerprint={},
                      protocol={}, created_at=dt.datetime(2025, 1, 1)))
 
 
-# -- device registry ---------------------------------------------------------------------------
+# -- the devices table, through its registry --------------------------------------------------------
 def test_device_lifecycle(db: Database) -> None:
-    assert list_devices(db) == []
+    reg = DeviceRegistry(db)
+    assert _registered(db) == []
     pi = _add(db, "rpi4", kind="iot", target={"kind": "llvm", "mtriple": "aarch64-linux-gnu"}, location="rpc",
               tracker="10.0.0.1:9190", rpc_key="rpi4")
     cpu = _add(db, "epyc")
-    assert isinstance(pi, DeviceRecord) and not isinstance(pi, Base)  # plain data, no session attached
+    assert isinstance(pi, DeviceProfile) and not isinstance(pi, Base)  # plain data, no session attached
     assert (pi.name, pi.kind, pi.location, pi.tracker, pi.rpc_key) == ("rpi4", "iot", "rpc", "10.0.0.1:9190", "rpi4")
-    assert get_device(db, "rpi4") == pi
-    assert get_device(db, "epyc").target == TARGET and get_device(db, "epyc").protocol == PROTOCOL
-    assert [d.name for d in list_devices(db)] == ["epyc", "rpi4"]
+    assert reg.get("rpi4") == pi
+    assert reg.get("epyc").target == TARGET and reg.get("epyc").protocol == MeasureConfig()
+    assert _registered(db) == ["epyc", "rpi4"]
     with pytest.raises(dataclasses.FrozenInstanceError):
         cpu.name = "other"  # type: ignore[misc]
 
+    cpu_id = _id(db, "epyc")
     with db.session() as s:  # removing a device removes what was measured and trained on it
-        s.add(_measurement(cpu.id))
-        s.add(Predictor(device_id=cpu.id, kind="hat-mlp", version=1, space="quickstart", blob=b"\x00\x01",
+        s.add(_measurement(cpu_id))
+        s.add(Predictor(device_id=cpu_id, kind="hat-mlp", version=1, space="quickstart", blob=b"\x00\x01",
                         metrics={"rmse_ms": 0.1}, fingerprint={}, training_data_key="k"))
-    remove_device(db, "epyc")
-    assert [d.name for d in list_devices(db)] == ["rpi4"]
+    reg.remove("epyc")
+    assert _registered(db) == ["rpi4"]
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Measurement)) == 0
         assert s.scalar(select(func.count()).select_from(Predictor)) == 0
 
 
 def test_duplicate_and_unknown_devices(db: Database) -> None:
+    reg = DeviceRegistry(db)
     _add(db, "pi")
     _add(db, "jetson", kind="gpu", target={"kind": "cuda", "arch": "sm_87"})
     with pytest.raises(DuplicateError, match="device 'pi' already exists"):
         _add(db, "pi", kind="gpu")
-    assert get_device(db, "pi").kind == "cpu"  # the first registration stands
+    assert reg.get("pi").kind == "cpu"  # the first registration stands
 
-    with pytest.raises(NotFoundError, match=r"unknown device 'nope' \(known: jetson, pi\)") as info:
-        get_device(db, "nope")
+    with pytest.raises(NotFoundError, match=r"unknown device 'nope' \(known: jetson, local-cpu, local-cpu-torch, "
+                                            r"pi\)") as info:
+        reg.get("nope")
     assert isinstance(info.value, LookupError) and isinstance(info.value, HwnasError)
     with pytest.raises(NotFoundError, match="unknown device 'nope'"):
-        remove_device(db, "nope")
-    remove_device(db, "pi")
-    remove_device(db, "jetson")
-    with pytest.raises(NotFoundError, match="no devices are registered"):
-        get_device(db, "pi")
+        reg.remove("nope")
+    reg.remove("pi")
+    reg.remove("jetson")
+    with pytest.raises(NotFoundError, match=r"unknown device 'pi' \(known: local-cpu, local-cpu-torch\)"):
+        reg.get("pi")
 
 
 RPC = {"location": "rpc", "rpc_key": "pi"}
@@ -191,15 +199,16 @@ BAD_DEVICES: dict[str, tuple[dict[str, object], str]] = {
     "kind": ({"kind": "tpu"}, "kind 'tpu' is not one of cpu, gpu, iot"),
     "runtime": ({"runtime": "onnx"}, "runtime 'onnx' is not one of tvm, torch"),
     "location": ({"location": "cloud"}, "location 'cloud' is not one of local, rpc"),
-    "rpc-no-tracker": (RPC, "tracker None is not 'host:port'"),
-    "rpc-tracker-no-port": ({**RPC, "tracker": "10.0.0.1"}, "tracker '10.0.0.1' is not 'host:port'"),
-    "rpc-port-range": ({**RPC, "tracker": "10.0.0.1:99999"}, "tracker '10.0.0.1:99999' is not 'host:port'"),
-    "rpc-no-key": ({"location": "rpc", "tracker": "10.0.0.1:9190"}, "rpc_key is required for location 'rpc'"),
+    "rpc-no-tracker": (RPC, "an rpc device needs --tracker HOST:PORT and --key, got tracker=None key='pi'"),
+    "rpc-tracker-no-port": ({**RPC, "tracker": "10.0.0.1"}, "bad tracker address '10.0.0.1' (expected HOST:PORT)"),
+    "rpc-port-range": ({**RPC, "tracker": "10.0.0.1:99999"}, "bad tracker address '10.0.0.1:99999'"),
+    "rpc-no-key": ({"location": "rpc", "tracker": "10.0.0.1:9190"}, "an rpc device needs --tracker HOST:PORT"),
     "tracker-on-local": ({"tracker": "10.0.0.1:9190"}, "apply to location 'rpc' only"),
     "target-string": ({"target": "llvm -mcpu=znver4"}, "target must be a JSON object"),
     "target-no-kind": ({"target": {"mcpu": "znver4"}}, "target needs a 'kind'"),
     "fingerprint-not-json": ({"fingerprint": {"when": dt.datetime(2025, 1, 1)}}, "fingerprint is not storable as JSON"),
     "empty-name": ({"name": ""}, "device name '' must be 1 to 128 characters"),
+    "long-name": ({"name": "x" * 129}, "must be 1 to 128 characters"),
 }
 
 
@@ -207,7 +216,7 @@ BAD_DEVICES: dict[str, tuple[dict[str, object], str]] = {
 def test_bad_device_definitions_name_the_field(db: Database, overrides: dict[str, object], fragment: str) -> None:
     with pytest.raises(MeasurementError, match=re.escape(fragment)):
         _add(db, **overrides)
-    assert list_devices(db) == []
+    assert _registered(db) == []
 
 
 # -- URLs and unreachable databases ---------------------------------------------------------------

@@ -26,7 +26,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, bible_dir: Path) -> tuple[Path
     import ray
     from typer.testing import CliRunner
 
-    import hwnas._cli_quickstart as qs
+    import hwnas.cli._quickstart as qs
     from hwnas.cli import app
 
     root = tmp_path_factory.mktemp("quickstart")
@@ -91,8 +91,8 @@ def test_quickstart_produces_every_artifact(run: tuple[Path, str, dict]) -> None
 def test_quickstart_rerun_reuses_the_cached_stages(run: tuple[Path, str, dict], bible_dir: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A second run trains and tunes nothing: same checkpoint file (untouched), same tuning records."""
-    import hwnas._cli_quickstart as qs
-    from hwnas.cli._latency import _device
+    import hwnas.cli._quickstart as qs
+    from hwnas.cli._common import device
     from hwnas.search_spaces import get_space
 
     home, _, first = run
@@ -101,11 +101,11 @@ def test_quickstart_rerun_reuses_the_cached_stages(run: tuple[Path, str, dict], 
     monkeypatch.setattr(qs, "DATA", f"files:{bible_dir}:de-en")
     ckpt = Path(first["checkpoint"])
     written = ckpt.stat().st_mtime_ns
-    summary = qs.Summary(qs.Settings(steps=3, trials=8, samples=10, population=4, generations=1, budget_fraction=1.0,
+    summary = qs.Summary(qs.Sizes(steps=3, trials=8, samples=10, population=4, generations=1, budget_fraction=1.0,
                                      workers=2))
     space = get_space(qs.SPACE)
     mc = qs._supernet(summary, space, steps=2)  # fewer steps than the checkpoint has: reused as it is
-    qs._kernels(summary, _device("local-cpu"), space, mc, trials=8)
+    qs._kernels(summary, device("local-cpu"), space, mc, trials=8)
     assert summary.checkpoint == str(ckpt) and summary.checkpoint_step == 3 and ckpt.stat().st_mtime_ns == written
     assert summary.tuning_records == first["tuning_records"]
 
@@ -115,3 +115,47 @@ def test_bad_budget_fraction_is_one_line(tmp_path: Path) -> None:
         assert_clean_error(hwnas("quickstart", "--budget-fraction", fraction, home=tmp_path),
                            "--budget-fraction must be in (0, 1]")
     assert not (tmp_path / "supernets").exists()  # rejected before any work
+
+
+def _readme_python_example() -> str:
+    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## From Python"):text.index("## Architecture")]
+    return section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
+
+
+def test_readme_python_example_runs(run: tuple[Path, str, dict], bible_dir: Path, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python example, as written but with the quickstart test's sizes, in the workspace the quickstart
+    left: it reuses the supernet, the tuning database and the measurements, then searches and exports."""
+    import ray
+
+    from hwnas.db import Database
+    from hwnas.export import load_bundle
+    from hwnas.jobs import front, list_supernets, tuning_records
+
+    home, _, summary = run
+    monkeypatch.setenv("HWNAS_HOME", str(home))
+    monkeypatch.delenv("HWNAS_DB_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code = _readme_python_example()
+    sizes = {'get_space("quickstart")': f'get_space({str(home.parent / "tiny.json")!r})',
+             'data="bible:de-en"': f'data="files:{bible_dir}:de-en"', "TrainConfig(steps=300)": "TrainConfig(steps=3)",
+             "records=64": "records=8", "n=16": "n=10", "latency_ms=10.0": "latency_ms=1e6",
+             "population=16, generations=4": "population=4, generations=1"}
+    for written, smaller in sizes.items():
+        assert written in code, f"the README example no longer says {written}"
+        code = code.replace(written, smaller)
+    scope: dict[str, object] = {}
+    try:
+        exec(compile(code, "README.md", "exec"), scope)
+    finally:
+        ray.shutdown()
+
+    db = Database(f"sqlite:///{home / 'hwnas.db'}")
+    (net,) = list_supernets(db)  # the quickstart's checkpoint, registered once and reused
+    assert net.path == summary["checkpoint"] and net.step == 3
+    bundle = load_bundle(tmp_path / "bundle")
+    best = scope["best"]
+    assert bundle.format == "onnx" and bundle.subnet == best.candidate.subnet  # type: ignore[attr-defined]
+    assert best in front(db, scope["job"])  # type: ignore[arg-type]
+    assert tuning_records("local-cpu", TINY_SPACE_DICT["name"]) == summary["tuning_records"]  # nothing tuned again
