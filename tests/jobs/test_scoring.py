@@ -11,7 +11,7 @@ import pytest
 from hwnas.exceptions import CheckpointError
 from hwnas.jobs import Evaluator, FitnessConfig, LocalEvaluator, RayEvaluator
 from hwnas.search_spaces import SearchSpace
-from tests.search.test_jobs import checkpoint  # noqa: F401 - the module's trained tiny supernet fixture
+from tests.jobs.test_jobs import checkpoint  # noqa: F401 - the module's trained tiny supernet fixture
 
 FITNESS = FitnessConfig(valid_sentences=8)
 

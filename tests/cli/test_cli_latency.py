@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.test_cli import assert_clean_error, hwnas
 from tests.conftest import TINY_SPACE_DICT
-from tests.nas.test_cli import assert_clean_error, hwnas
 
 
 @pytest.fixture()

@@ -44,10 +44,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory, bible_dir: Path) -> tuple[
     space.write_text(json.dumps(TINY_SPACE_DICT))
     out = root / "run"
     r = hwnas("supernet", "train", "--space", str(space), "--data", f"files:{bible_dir}:de-en", "--out", str(out),
-              "--steps", "4", "--max-tokens", "300", "--vocab-size", "300", "--threads", "1")
+              "--steps", "4", "--max-tokens", "300", "--vocab-size", "300", "--threads", "1", home=root / "home")
     assert r.returncode == 0, r.stderr
-    assert "step 4" in r.stdout
+    assert "step 4" in r.stdout and "registered as supernet 1" in r.stdout
     return space, out / "checkpoint.pt"
+
+
+def test_training_registers_the_supernet(trained: tuple[Path, Path]) -> None:
+    _, ckpt = trained
+    home = ckpt.parents[1] / "home"
+    listed = hwnas("supernet", "list", home=home)
+    assert listed.returncode == 0 and "tiny-test-space" in listed.stdout and str(ckpt.parent) in listed.stdout
+    again = hwnas("supernet", "register", str(ckpt), home=home)
+    assert again.returncode == 0 and again.stdout.startswith("supernet 1: tiny-test-space")  # one row per file
+    assert_clean_error(hwnas("supernet", "register", str(ckpt.parent / "nope.pt"), home=home), "nope.pt")
 
 
 def test_spaces_commands() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.nas.test_cli import assert_clean_error, hwnas
+from tests.cli.test_cli import assert_clean_error, hwnas
 
 
 def test_users_and_tokens(tmp_path: Path) -> None:

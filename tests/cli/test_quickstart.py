@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.test_cli import assert_clean_error, hwnas
 from tests.conftest import TINY_SPACE_DICT
-from tests.nas.test_cli import assert_clean_error, hwnas
 
 # The tiny test space with one head count and one attention span: 96 subnets, still plenty for 10 measured and a
 # search, but covering models of 2 + 2 layers instead of 4 + 16, which halves the TVM task extraction.

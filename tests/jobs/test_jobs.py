@@ -16,6 +16,7 @@ from hwnas.export import load_bundle
 from hwnas.jobs import (
     Evaluator,
     FitnessConfig,
+    JobProgress,
     LocalEvaluator,
     Score,
     SearchSpec,
@@ -25,6 +26,7 @@ from hwnas.jobs import (
     export_candidate,
     front,
     get_job,
+    list_supernets,
     run_job,
 )
 from hwnas.latency import Sample, builtin_device, create_predictor, save_predictor
@@ -108,7 +110,8 @@ def local(checkpoint: Path) -> LocalEvaluator:
 def test_job_runs_to_a_stored_front(db: Database, spec: Callable[..., SearchSpec],
         local: LocalEvaluator, budget_ms: float) -> None:
     job_id = create_job(db, spec())
-    info = run_job(db, job_id, evaluator=local)
+    events: list[JobProgress] = []
+    info = run_job(db, job_id, evaluator=local, on_progress=events.append)
     assert info.status == "finished" and info.generation == info.generations_total == 3
     rows = candidates(db, job_id)
     assert len(rows) == info.evaluations == len({r.subnet for r in rows})  # each subnet evaluated once
@@ -120,6 +123,14 @@ def test_job_runs_to_a_stored_front(db: Database, spec: Callable[..., SearchSpec
     on_front = {r.id for r, keep in zip(rows, pareto_mask(pts), strict=True) if keep}
     assert {m.candidate.id for m in members} == on_front
     assert min(r.loss for r in rows) in {m.candidate.loss for m in members}
+    # progress, as a face would draw it: generations 0..3 of 3, each batch's candidates counted up to its size
+    gens = [(e.done, e.total) for e in events if e.stage == "generations"]
+    assert gens == [(0, 3), (1, 3), (2, 3), (3, 3)] and all(e.job_id == job_id for e in events)
+    batch_ends = [e for e in events if e.stage == "candidates" and e.done == e.total]
+    assert len(batch_ends) == 3 and sum(e.done > 0 for e in events if e.stage == "candidates") == len(rows)
+    # the checkpoint named by path was registered, and the job pinned to that row
+    (net,) = list_supernets(db)
+    assert info.spec.supernet_id == net.id and info.spec.supernet == net.path and net.step == 6
 
 
 def test_killed_job_resumes_to_the_same_result(db: Database, spec: Callable[..., SearchSpec],
