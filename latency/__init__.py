@@ -22,7 +22,10 @@ from hwnas.latency._collect import (
     tuning_key,
 )
 from hwnas.latency._devices import (
+    DeviceKind,
+    DeviceLocation,
     DeviceProfile,
+    DeviceRuntime,
     builtin_device,
     builtin_devices,
     cpu_model,
@@ -68,7 +71,10 @@ from hwnas.latency._training import split, train_predictors
 __all__ = [
     "PREDICTORS",
     "CollectReport",
+    "DeviceKind",
+    "DeviceLocation",
     "DeviceProfile",
+    "DeviceRuntime",
     "DeviceRegistry",
     "HatMLPPredictor",
     "InMemoryStore",

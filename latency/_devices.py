@@ -9,15 +9,18 @@ import os
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from hwnas.exceptions import MeasurementError
 from hwnas.kernels import host_target
 from hwnas.latency._protocol import MeasureConfig
 
-KINDS = ("cpu", "gpu", "iot")
-RUNTIMES = ("tvm", "torch")
-LOCATIONS = ("local", "rpc")
+DeviceKind = Literal["cpu", "gpu", "iot"]
+DeviceRuntime = Literal["tvm", "torch"]
+DeviceLocation = Literal["local", "rpc"]
+KINDS: tuple[DeviceKind, ...] = get_args(DeviceKind)
+RUNTIMES: tuple[DeviceRuntime, ...] = get_args(DeviceRuntime)
+LOCATIONS: tuple[DeviceLocation, ...] = get_args(DeviceLocation)
 NAME_MAX_CHARS = 128  # the table column's width: PostgreSQL enforces it, SQLite would not
 
 

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hwnas.export import ExportFormat
-from hwnas.jobs import CandidateRow, FrontMember, JobInfo, JobStatus
+from hwnas.jobs import CandidateRow, ExportStatus, FitnessMetric, FrontMember, JobInfo, JobStatus
+from hwnas.latency import DeviceKind, DeviceRuntime
 from hwnas.search import StrategyName as Strategy
 
 _Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -34,7 +35,7 @@ class JobCreate(_In):
     population: int | None = Field(None, ge=4, le=2000, description="Candidates per generation/batch")
     generations: int | None = Field(None, ge=1, le=1000, description="Generations (evo) or batches (others)")
     workers: int = Field(1, ge=1, le=64, description="Ray actors scoring candidates")
-    fitness: Literal["loss", "bleu"] = "loss"
+    fitness: FitnessMetric = "loss"
     valid_sentences: int | None = Field(None, ge=1, le=100_000)
     also: list[ConstraintIn] = Field(default_factory=list, max_length=8, description="More (device, budget) pairs")
     verify: bool = Field(True, description="Measure the final front on the device")
@@ -123,7 +124,7 @@ class ExportOut(BaseModel):
     job_id: int
     candidate_id: int
     format: str
-    status: Literal["pending", "ready", "failed"]
+    status: ExportStatus
     error: str | None
     created_at: dt.datetime
     finished_at: dt.datetime | None
@@ -132,9 +133,9 @@ class ExportOut(BaseModel):
 
 class DeviceCreate(_In):
     name: str = _Name
-    kind: Literal["cpu", "gpu", "iot"]
+    kind: DeviceKind
     target: dict[str, Any] = Field(description='TVM target as a JSON object, e.g. {"kind": "llvm", "mcpu": "znver4"}')
-    runtime: Literal["tvm", "torch"] = "tvm"
+    runtime: DeviceRuntime = "tvm"
     tracker: str | None = Field(None, max_length=256, pattern=r"^[A-Za-z0-9_.-]+:[0-9]{1,5}$",
                                 description="HOST:PORT of the TVM RPC tracker (remote devices)")
     key: str | None = Field(None, min_length=1, max_length=128, description="RPC device key (remote devices)")

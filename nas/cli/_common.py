@@ -1,6 +1,6 @@
 """What every command shares: the console, the settings, the database, device and subnet lookups, job progress bars.
 
-The CLI imports the library inside commands: `hwnas --help` takes 0.4 s this way, against 3.5 s for importing
+The CLI imports the library inside commands: `hwnas --help` takes 0.3 s this way, against 3.1-3.8 s for importing
 `hwnas.jobs` (torch, TVM, Ray) at the top (measured on the 2-core VM); that is the reason, here and in every
 `hwnas.cli` module, for first-party imports inside functions.
 """

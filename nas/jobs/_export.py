@@ -8,13 +8,13 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Literal
 
 from sqlalchemy import select
 
 from hwnas.db import Candidate, Database, Export
 from hwnas.exceptions import HwnasError, NotFoundError
 from hwnas.export import LatencyCertificate, export_bundle
+from hwnas.jobs._spec import ExportStatus
 from hwnas.jobs._store import get_job
 from hwnas.latency import DeviceRegistry, SQLMeasurementStore, measure, protocol_for, tuning_key
 from hwnas.search_spaces import SubnetConfig, get_space
@@ -23,7 +23,6 @@ from hwnas.supernet import load_supernet
 
 __all__ = ["export_candidate", "export_dir", "run_export"]
 
-ExportStatus = Literal["pending", "ready", "failed"]
 
 
 def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, out_dir: str | Path,

@@ -9,8 +9,8 @@ from typing import Any, Literal, get_args
 
 from hwnas.exceptions import SearchError
 
-__all__ = ["ACTIVE", "JOB_STATUSES", "RESUMABLE", "TERMINAL", "FitnessConfig", "JobProgress", "JobStatus",
-           "ProgressCallback", "SearchSpec"]
+__all__ = ["ACTIVE", "JOB_STATUSES", "RESUMABLE", "TERMINAL", "ExportStatus", "FitnessConfig", "FitnessMetric",
+           "JobProgress", "JobStatus", "ProgressCallback", "SearchSpec"]
 
 # The one status vocabulary: the table's values, the API's schema and the dashboard's filter all read it.
 JobStatus = Literal["queued", "running", "verifying", "finished", "failed", "cancelled", "interrupted"]
@@ -18,6 +18,8 @@ JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
 ACTIVE: tuple[JobStatus, ...] = ("queued", "running", "verifying")  # a runner is (or should be) on it
 RESUMABLE: tuple[JobStatus, ...] = (*ACTIVE, "interrupted", "failed")  # run_job takes these up
 TERMINAL: tuple[JobStatus, ...] = ("finished", "failed", "cancelled")  # cancel leaves these as they are
+ExportStatus = Literal["pending", "ready", "failed"]
+FitnessMetric = Literal["loss", "bleu"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,13 +30,13 @@ class FitnessConfig:
     valid split (None = all of it), as HAT scores every subnet on the same data.
     """
 
-    metric: Literal["loss", "bleu"] = "loss"
+    metric: FitnessMetric = "loss"
     valid_sentences: int | None = None
     max_tokens: int = 4096
     beam: int = 1  # BLEU fitness decodes greedily by default: 4x cheaper, same ranking purpose
 
     def __post_init__(self) -> None:
-        if self.metric not in ("loss", "bleu"):
+        if self.metric not in get_args(FitnessMetric):
             raise SearchError(f"fitness metric must be 'loss' or 'bleu', got {self.metric!r}")
         if (self.valid_sentences is not None and self.valid_sentences < 1) or self.max_tokens < 16 or self.beam < 1:
             raise SearchError("fitness needs valid_sentences >= 1 (or None), max_tokens >= 16 and beam >= 1")

@@ -138,9 +138,10 @@ def test_readme_python_example_runs(run: tuple[Path, str, dict], bible_dir: Path
     monkeypatch.delenv("HWNAS_DB_URL", raising=False)
     monkeypatch.chdir(tmp_path)
     code = _readme_python_example()
-    sizes = {'get_space("quickstart")': f'get_space({str(home.parent / "tiny.json")!r})',
-             'data="bible:de-en"': f'data="files:{bible_dir}:de-en"', "TrainConfig(steps=300)": "TrainConfig(steps=3)",
-             "records=64": "records=8", "n=16": "n=10", "latency_ms=10.0": "latency_ms=1e6",
+    sizes = {'SPACE, DATA = "quickstart", "bible:de-en"':
+             f'SPACE, DATA = {str(home.parent / "tiny.json")!r}, "files:{bible_dir}:de-en"',
+             "TrainConfig(steps=300)": "TrainConfig(steps=3)",
+             "records=64": "records=8", "mc, n=16)": "mc, n=10)", "latency_ms=10.0": "latency_ms=1e6",
              "population=16, generations=4": "population=4, generations=1"}
     for written, smaller in sizes.items():
         assert written in code, f"the README example no longer says {written}"
