@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -258,10 +259,18 @@ def _load_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[Any, Any, d
 
 
 def measure_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+    """Time a built library in this process (runners call it in their worker process)."""
     import tvm
 
-    vm, dev, meta = _load_tvm_local(artifact, protocol)
-    return _time_tvm(vm, dev, meta, protocol, lambda a: tvm.runtime.tensor(a, device=dev))
+    # TVM's config_threadpool pins the calling thread to one core: give an in-process caller its CPUs back
+    # afterwards (a test run that timed one library here ran everything after it, subprocesses included, on
+    # one of the 2 cores)
+    cpus = os.sched_getaffinity(0)
+    try:
+        vm, dev, meta = _load_tvm_local(artifact, protocol)
+        return _time_tvm(vm, dev, meta, protocol, lambda a: tvm.runtime.tensor(a, device=dev))
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 def _tvm_local_pass(slot: str, artifact: str, protocol: MeasureConfig) -> tuple[list[float], list[float]]:

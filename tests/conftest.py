@@ -32,6 +32,15 @@ TINY_SPACE_DICT = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _all_cpus() -> Iterator[None]:
+    """Every test starts on all the machine's CPUs: TVM pins a thread that configures its pool to one core, and
+    the pytest process (and every subprocess or Ray worker it starts later) would otherwise stay there."""
+    cpus = os.sched_getaffinity(0)
+    yield
+    os.sched_setaffinity(0, cpus)
+
+
 @pytest.fixture(scope="session")
 def tiny_space() -> SearchSpace:
     return SearchSpace.from_dict(TINY_SPACE_DICT)

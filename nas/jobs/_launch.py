@@ -65,6 +65,7 @@ class RayLauncher(Launcher):
     def submit(self, kind: Kind, id_: int) -> None:
         if self.alive(kind, id_):
             return
+        # the runner's Settings() read what this process's did: the HWNAS_* variables travel with it
         env = {k: v for k, v in os.environ.items() if k.startswith("HWNAS_")}
         try:
             actor = self._cls.options(name=_name(kind, id_), namespace=NAMESPACE, lifetime="detached",
