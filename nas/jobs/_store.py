@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -18,6 +19,7 @@ from hwnas.jobs._supernets import get_supernet, register_supernet
 from hwnas.latency import DeviceRegistry, load_predictor
 from hwnas.search import LatencyConstraint, Problem, create_strategy, pareto_mask
 from hwnas.search_spaces import SubnetConfig, get_space
+from hwnas.supernet import read_checkpoint
 
 __all__ = ["CandidateRow", "FrontMember", "JobInfo", "cancel_job", "candidates", "count_jobs", "create_job", "front",
            "front_candidates", "get_job", "list_jobs"]
@@ -94,19 +96,23 @@ def create_job(db: Database, spec: SearchSpec, *, owner: str | None = None) -> i
     space = get_space(spec.space)
     DeviceRegistry(db).get(spec.device)
     _, info = load_predictor(db, device=spec.device, kind=spec.predictor_kind, version=spec.predictor_version)
-    # a checkpoint named by path is registered (or brought up to date) first; else the registry names it
-    net = register_supernet(db, spec.supernet) if spec.supernet else get_supernet(db, space=space.name,
-                                                                                 id=spec.supernet_id)
-    if net.space != space.name:
-        raise SearchError(f"supernet '{net.path}' was trained on space '{net.space}', not '{space.name}'")
-    spec = dataclasses.replace(spec, predictor_kind=info["kind"], predictor_version=info["version"],
-                               supernet=net.path, supernet_id=net.id)
+    # a checkpoint named by path is registered (once the spec is valid); else the registry names it
+    if spec.supernet:
+        path, trained_on = str(Path(spec.supernet).resolve()), read_checkpoint(spec.supernet)["space"]["name"]
+    else:
+        net = get_supernet(db, space=space.name, id=spec.supernet_id)
+        path, trained_on = net.path, net.space
+    if trained_on != space.name:
+        raise SearchError(f"supernet '{path}' was trained on space '{trained_on}', not '{space.name}'")
+    spec = dataclasses.replace(spec, predictor_kind=info["kind"], predictor_version=info["version"])
     problem = Problem(space, constraints(db, spec))
     try:
         strategy = create_strategy(spec.strategy, problem, seed=spec.seed, **spec.options)
     except ValueError as e:  # unknown strategy or options: the spec's fault, told as one line
         raise SearchError(str(e)) from e
     _check_budget(problem)
+    net = register_supernet(db, path) if spec.supernet else net
+    spec = dataclasses.replace(spec, supernet=net.path, supernet_id=net.id)
     with db.session() as s:
         job = SearchJob(owner=owner, space=space.name, device=spec.device, strategy=spec.strategy,
                         spec=spec.to_dict(), status="queued", generations_total=strategy.progress[1])

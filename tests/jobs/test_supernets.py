@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hwnas.db import Database
-from hwnas.exceptions import CheckpointError, NotFoundError, SearchError
+from hwnas.exceptions import CheckpointError, InfeasibleConstraintError, NotFoundError, SearchError
 from hwnas.jobs import SearchSpec, create_job, get_job, get_supernet, list_supernets, register_supernet
 from hwnas.supernet import read_checkpoint
 from tests.jobs.test_jobs import budget_ms, checkpoint, space_file, spec  # noqa: F401 - the module's fixtures
@@ -51,6 +51,9 @@ def test_a_job_without_a_path_uses_the_newest_registered_supernet(db: Database, 
                                                                  spec: Callable[..., SearchSpec]) -> None:  # noqa: F811
     with pytest.raises(NotFoundError, match="no supernet registered for space 'tiny-test-space'"):
         create_job(db, spec(supernet=""))
+    with pytest.raises(InfeasibleConstraintError):
+        create_job(db, spec(latency_ms=1e-4))  # named by path, but the spec is refused: nothing registered
+    assert list_supernets(db) == []
     net = register_supernet(db, checkpoint)
     job = get_job(db, create_job(db, spec(supernet="")))
     assert (job.spec.supernet, job.spec.supernet_id) == (net.path, net.id)

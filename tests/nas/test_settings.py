@@ -50,6 +50,9 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_logging_reaches_stderr_once_at_the_settings_level(capfd: pytest.CaptureFixture[str]) -> None:
     log = logging.getLogger("hwnas")
+    ours = [h for h in log.handlers if getattr(h, "_hwnas", False)]  # an earlier command in this process
+    for h in ours:
+        log.removeHandler(h)
     before = list(log.handlers)
     try:
         configure_logging(Settings(log_level="WARNING"))
@@ -63,3 +66,5 @@ def test_logging_reaches_stderr_once_at_the_settings_level(capfd: pytest.Capture
         for h in list(log.handlers):
             if h not in before:
                 log.removeHandler(h)
+        for h in ours:
+            log.addHandler(h)
