@@ -32,6 +32,7 @@ from hwnas.latency._devices import (
     local_cpu_profile,
     local_fingerprint,
     measure_config,
+    parse_tracker,
     protocol_for,
 )
 from hwnas.latency._predictor import (
@@ -62,7 +63,6 @@ from hwnas.latency._runner import (
     TVMLocalRunner,
     measure_torch,
     measure_tvm_local,
-    parse_tracker,
     time_calls,
     tvm_device,
 )
