@@ -54,7 +54,8 @@ def _name(kind: Kind, id_: int) -> str:
 
 
 class RayLauncher(Launcher):
-    """One detached Ray actor per job/export on the cluster at `address` ($RAY_ADDRESS, else a local Ray)."""
+    """One detached Ray actor per job/export on the cluster at `address` (else the settings' Ray address, else a
+    local Ray)."""
 
     def __init__(self, db_url: str, *, address: str | None = None):
         init_ray(address)
