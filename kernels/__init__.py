@@ -19,11 +19,19 @@ from hwnas.kernels._build import (
     subnet_model,
 )
 from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, GraphSpec, example_inputs, input_specs, random_inputs
-from hwnas.kernels._tune import TaskReport, TuneReport, covering_subnets, tune_space
+from hwnas.kernels._tune import (
+    TUNING_RECORDS,
+    TaskReport,
+    TuneReport,
+    count_tuning_records,
+    covering_subnets,
+    tune_space,
+)
 
 __all__ = [
     "DECODER_STEP",
     "ENCODER",
+    "TUNING_RECORDS",
     "BuildInput",
     "BuildResult",
     "DecoderStepGraph",
@@ -34,6 +42,7 @@ __all__ = [
     "TuneReport",
     "build_one",
     "compile_module",
+    "count_tuning_records",
     "covering_subnets",
     "example_inputs",
     "export_relax",

@@ -142,6 +142,18 @@ def _import_tensor_intrinsics() -> None:
     loader.join()
 
 
+TUNING_RECORDS = "database_tuning_record.json"  # MetaSchedule's JSONDatabase file: one line per trial
+
+
+def count_tuning_records(work_dir: str | Path) -> int:
+    """Trials in the MetaSchedule database in `work_dir` (0 when it has none yet)."""
+    path = Path(work_dir) / TUNING_RECORDS
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(1 for _ in f)
+
+
 def tune_space(*, space: SearchSpace, mc: ModelConfig, target: dict[str, Any], work_dir: str | Path, trials: int,
                decode_steps: int, num_trials_per_iter: int = 8, builder_timeout_s: float = 120.0,
                seed: int = 0) -> TuneReport:

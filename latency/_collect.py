@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hwnas.exceptions import InfeasibleConstraintError, MeasurementError
-from hwnas.kernels import BuildInput, BuildResult, TVMBuilder
+from hwnas.kernels import BuildInput, BuildResult, TVMBuilder, count_tuning_records
 from hwnas.latency._devices import DeviceProfile, protocol_for
 from hwnas.latency._predictor import Sample
 from hwnas.latency._protocol import MeasureConfig, RunResult
@@ -96,8 +96,7 @@ def tuning_key(tuning_dir: str | None) -> str:
     """Identity of a tuning database as it is now: its path and its number of records ('' = untuned)."""
     if not tuning_dir:
         return ""
-    records = Path(tuning_dir) / "database_tuning_record.json"
-    count = sum(1 for _ in records.open()) if records.exists() else 0
+    count = count_tuning_records(tuning_dir)
     return hashlib.sha1(f"{Path(tuning_dir).resolve()}:{count}".encode()).hexdigest()[:16]
 
 

@@ -24,7 +24,6 @@ from hwnas.supernet import load_supernet
 __all__ = ["export_candidate", "export_dir", "run_export"]
 
 
-
 def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, out_dir: str | Path,
                      record: bool = True) -> Path:
     """Extract the candidate from the job's supernet, certify its latency on the job's device, write the bundle.

@@ -10,7 +10,7 @@ from typing import Any
 
 from hwnas.db import Database
 from hwnas.jobs._supernets import SupernetInfo, register_supernet
-from hwnas.kernels import TuneReport, tune_space
+from hwnas.kernels import TUNING_RECORDS, TuneReport, count_tuning_records, tune_space
 from hwnas.latency import CollectReport, DeviceProfile, SQLMeasurementStore, collect
 from hwnas.latency import train_predictors as _fit
 from hwnas.search_spaces import SearchSpace
@@ -19,7 +19,7 @@ from hwnas.supernet import DataSpec, ModelConfig, TrainConfig, read_checkpoint
 from hwnas.supernet import train_supernet as _train
 
 __all__ = ["choose_predictor", "default_vocab_size", "fit_predictors", "measure_subnets", "train_supernet",
-           "tune_kernels", "tuning_to_use"]
+           "tune_kernels", "tuning_records", "tuning_to_use"]
 
 
 def default_vocab_size(space: str) -> int:
@@ -48,18 +48,14 @@ def tuning_to_use(device: DeviceProfile, space: str, *, untuned: bool = False,
                   settings: Settings | None = None) -> str | None:
     """The device's tuning database for the space, if it has one and it applies (TVM runtime)."""
     tdir = (settings or Settings()).tuning_dir(device.name, space)
-    if untuned or device.runtime != "tvm" or not (tdir / "database_tuning_record.json").exists():
+    if untuned or device.runtime != "tvm" or not (tdir / TUNING_RECORDS).exists():
         return None
     return str(tdir)
 
 
 def tuning_records(device: str, space: str, *, settings: Settings | None = None) -> int:
-    """Trials in the (device, space) MetaSchedule JSON database (one record per line)."""
-    path = (settings or Settings()).tuning_dir(device, space) / "database_tuning_record.json"
-    if not path.exists():
-        return 0
-    with path.open("rb") as f:
-        return sum(1 for _ in f)
+    """Trials in the (device, space) MetaSchedule database of the workspace."""
+    return count_tuning_records((settings or Settings()).tuning_dir(device, space))
 
 
 def tune_kernels(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, records: int,

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from hwnas.db import Candidate, Database, ParetoMember, SearchJob
 from hwnas.exceptions import InfeasibleConstraintError, NotFoundError, SearchError
 from hwnas.jobs._lease import now
-from hwnas.jobs._spec import JobStatus, SearchSpec
+from hwnas.jobs._spec import TERMINAL, JobStatus, SearchSpec
 from hwnas.jobs._supernets import get_supernet, register_supernet
 from hwnas.latency import DeviceRegistry, load_predictor
 from hwnas.search import LatencyConstraint, Problem, create_strategy, pareto_mask
@@ -157,7 +157,7 @@ def cancel_job(db: Database, job_id: int) -> JobInfo:
         job = s.get(SearchJob, job_id)
         if job is None:
             raise NotFoundError(f"no search job {job_id}")
-        if job.status not in ("finished", "failed", "cancelled"):
+        if job.status not in TERMINAL:
             job.status, job.finished_at = "cancelled", now()
         return _info(job)
 
@@ -187,7 +187,7 @@ def front_candidates(rows: Sequence[CandidateRow], budget_ms: float) -> list[Can
     ok = [c for c in rows if c.loss is not None and c.predicted_latency_ms <= budget_ms]
     if not ok:
         return []
-    pts = np.array([[c.loss, c.predicted_latency_ms, c.params, c.flops] for c in ok], dtype=float)
+    pts = np.array([[getattr(c, axis) for axis in OBJECTIVES] for c in ok], dtype=float)
     return [c for c, keep in zip(ok, pareto_mask(pts), strict=True) if keep]
 
 
