@@ -47,7 +47,6 @@ from hwnas.latency import (
     measure,
     protocol_for,
     split,
-    tuning_key,
 )
 from hwnas.search_spaces import get_space
 from hwnas.supernet import ModelConfig
@@ -102,8 +101,9 @@ def main() -> None:
     collect_s = time.perf_counter() - t0
 
     protocol = protocol_for(device, space)
-    records = store.records(device=device.name, space=space.name, protocol_key=protocol.key(),
-                            tuning_key=tuning_key(tdir))
+    prov = registry.provenance(device, space, mc, tdir)  # this machine's revision, this model and tuning
+    records = store.records(device=device.name, space=space.name, revision=prov.revision, model_key=prov.model_key,
+                            protocol_key=prov.protocol_key, tuning_key=prov.tuning_key)
     usable, baseline = drift_corrected(records)  # as measured when the protocol has no reference
     ok = [r for r, _ in usable]
     cvs = np.array([r.latency_cv() for r in ok])
@@ -138,7 +138,8 @@ def main() -> None:
             retest["accuracy_uncorrected"] = accuracy(raw, measured_raw[ok_idx])
     out = {
         "benchmark": "predictor", "device": device.name, "fingerprint": device.fingerprint, "space": space.name,
-        "tuned": tdir is not None, "tuning_key": tuning_key(tdir), "protocol": protocol.to_dict(),
+        "revision": prov.revision, "model_key": prov.model_key, "tuned": tdir is not None,
+        "tuning_key": prov.tuning_key, "protocol": protocol.to_dict(),
         "measurements": {"ok": len(ok), "failed": len(records) - len(ok), "train": len(train), "test": len(test)},
         "noise_cv": {"median": float(np.median(cvs)), "p90": float(np.percentile(cvs, 90)),
                      "max": float(cvs.max())},

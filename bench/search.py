@@ -42,12 +42,15 @@ def _checkpoint(args: argparse.Namespace) -> str:
     return str(args.supernet or get_supernet(Database(), space="quickstart").path)
 
 
-def _predictor(db: Any, device: Any, space: Any, tuning_dir: str | None) -> Any:
-    """Train the layerwise predictor on the device's stored measurements (and store it)."""
-    from hwnas.latency import load_predictor, train_predictors
+def _predictor(db: Any, device: Any, space: Any, tuning_dir: str | None, mc: Any) -> Any:
+    """Train the layerwise predictor on the stored measurements of this machine's revision of the device, of
+    model `mc` (and store it)."""
+    from hwnas.latency import DeviceRegistry, load_predictor, train_predictors
 
-    report = train_predictors(db, device=device, space=space, kinds=["layerwise"], tuning_dir=tuning_dir)
-    pred, info = load_predictor(db, device=device.name, kind="layerwise", version=report[0]["version"])
+    report = train_predictors(db, device=device, space=space, model_config=mc, kinds=["layerwise"],
+                              tuning_dir=tuning_dir)
+    prov = DeviceRegistry(db).provenance(device, space, mc, tuning_dir)
+    pred, info = load_predictor(db, prov, kind="layerwise", version=report[0]["version"])
     return pred, report[0]
 
 
@@ -68,7 +71,10 @@ def quality(args: argparse.Namespace) -> None:
 
     db = Database(args.db)
     space, device = get_space("quickstart"), DeviceRegistry(db).get(args.device)
-    pred, _ = _predictor(db, device, space, _tuning(args.device))
+    from hwnas.supernet import ModelConfig, read_checkpoint
+
+    mc = ModelConfig(**read_checkpoint(_checkpoint(args))["model_config"])
+    pred, _ = _predictor(db, device, space, _tuning(args.device), mc)
     rng = np.random.default_rng(0)
     lat = pred.predict([space.sample(rng) for _ in range(2000)])
     budget_ms = float(np.percentile(lat, 50))  # half the space is feasible
@@ -154,9 +160,9 @@ def e2e(args: argparse.Namespace) -> None:
     db = Database(args.db)
     space, device = get_space("quickstart"), DeviceRegistry(db).get(args.device)
     tdir = _tuning(args.device)
-    _, pred_report = _predictor(db, device, space, tdir)
     ckpt = _checkpoint(args)
     sup = load_supernet(ckpt)
+    _, pred_report = _predictor(db, device, space, tdir, sup.model.mc)
     largest = measure(device=device, space=space, model_config=sup.model.mc, subnets=[space.largest()],
                       tuning_dir=tdir)[0]
     largest_ms = largest.latency_ms()

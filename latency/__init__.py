@@ -3,7 +3,8 @@
 The MetaSchedule roles: `Runner`s time built libraries (TVM local, TVM RPC, PyTorch eager) and return failures as
 data; `MeasureConfig` is the frozen protocol stored with every `MeasurementRecord`; `MeasurementStore`s keep the
 records (`SQLMeasurementStore` in the results database); `LatencyPredictor`s (HAT's MLP, the layerwise model) are
-trained on them, stored per device and loaded by (kind, version). Devices are `DeviceProfile`s, built in or in the
+trained on them and stored with their `Provenance` (device revision, space, model, protocol, tuning); a lookup
+takes all of it and never answers with a near one. Devices are `DeviceProfile`s, built in or in the
 `DeviceRegistry`.
 """
 
@@ -16,6 +17,7 @@ from hwnas.latency._collect import (
     distinct_subnets,
     drift_corrected,
     drift_factor,
+    latency_model_key,
     measure,
     reference_subnet,
     runner_for,
@@ -29,11 +31,14 @@ from hwnas.latency._devices import (
     builtin_device,
     builtin_devices,
     cpu_model,
+    fingerprint_key,
     local_cpu_profile,
     local_fingerprint,
     measure_config,
     parse_tracker,
+    probe_fingerprint,
     protocol_for,
+    revision_fields,
 )
 from hwnas.latency._predictor import (
     PREDICTORS,
@@ -48,6 +53,8 @@ from hwnas.latency._predictor import (
 from hwnas.latency._protocol import MeasureConfig, RunResult, cv, median, split_passes, trimmed_mean
 from hwnas.latency._registry import (
     DeviceRegistry,
+    Provenance,
+    Revision,
     SQLMeasurementStore,
     list_predictors,
     load_predictor,
@@ -70,6 +77,7 @@ from hwnas.latency._training import split, train_predictors
 
 __all__ = [
     "PREDICTORS",
+    "Provenance",
     "CollectReport",
     "DeviceKind",
     "DeviceLocation",
@@ -84,6 +92,7 @@ __all__ = [
     "MeasurementRecord",
     "MeasurementStore",
     "RPCRunner",
+    "Revision",
     "RunInput",
     "RunResult",
     "Runner",
@@ -98,10 +107,12 @@ __all__ = [
     "cpu_model",
     "create_predictor",
     "cv",
+    "fingerprint_key",
     "distinct_subnets",
     "drift_corrected",
     "drift_factor",
     "hat_features",
+    "latency_model_key",
     "list_predictors",
     "load_predictor",
     "local_cpu_profile",
@@ -113,8 +124,10 @@ __all__ = [
     "measure_tvm_local",
     "median",
     "parse_tracker",
+    "probe_fingerprint",
     "protocol_for",
     "reference_subnet",
+    "revision_fields",
     "runner_for",
     "save_predictor",
     "server_command",

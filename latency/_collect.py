@@ -10,11 +10,13 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
+import json
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from rich.console import Console
@@ -22,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hwnas.exceptions import InfeasibleConstraintError, MeasurementError
 from hwnas.kernels import BuildInput, BuildResult, TVMBuilder, count_tuning_records
-from hwnas.latency._devices import DeviceProfile, protocol_for
+from hwnas.latency._devices import DeviceProfile, fingerprint_key, probe_fingerprint, protocol_for
 from hwnas.latency._predictor import Sample
 from hwnas.latency._protocol import MeasureConfig, RunResult
 from hwnas.latency._runner import RPCRunner, RunInput, Runner, TorchRunner, TVMLocalRunner, check_tracker
@@ -32,7 +34,12 @@ from hwnas.supernet import ModelConfig
 
 @dataclasses.dataclass(frozen=True)
 class MeasurementRecord:
-    """One stored measurement: what was timed, how, and the raw result (or its failure)."""
+    """One stored measurement: what was timed (subnet of which model), how, on what, and the raw result (or
+    its failure).
+
+    `fingerprint` is the device's as probed for this measurement (it decides the device revision the record
+    belongs to; {} = the device's current one); `revision` is that revision's number, as a store read it back.
+    """
 
     device: str
     space: str
@@ -41,6 +48,9 @@ class MeasurementRecord:
     tuning_key: str
     result: RunResult
     reference_ms: float | None = None  # the reference subnet's latency in the same session (protocol.reference)
+    model_key: str = ""  # latency_model_key of the model the subnet was cut from ('' = not recorded)
+    fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+    revision: int | None = None
 
     def sample(self) -> Sample:
         """The record's two parts (the fastest pass's medians, `RunResult.parts_ms`), for the predictors."""
@@ -59,45 +69,91 @@ class MeasurementRecord:
 
 
 class MeasurementStore(abc.ABC):
-    """Where measurement records live. `add` must be atomic per record; reads see committed records."""
+    """Where measurement records live. `add` must be atomic per record; reads see committed records.
+
+    The store numbers each device's revisions (`revision`): a record belongs to the revision of the
+    fingerprint it was measured with, and reads filter by revision number.
+    """
 
     @abc.abstractmethod
     def add(self, record: MeasurementRecord) -> None: ...
 
     @abc.abstractmethod
-    def records(self, *, device: str, space: str, protocol_key: str | None = None,
-                tuning_key: str | None = None) -> list[MeasurementRecord]: ...
+    def records(self, *, device: str, space: str, revision: int | None = None, model_key: str | None = None,
+                protocol_key: str | None = None, tuning_key: str | None = None) -> list[MeasurementRecord]: ...
 
-    def measured_keys(self, *, device: str, space: str, protocol_key: str, tuning_key: str) -> set[str]:
-        return {r.subnet.key() for r in self.records(device=device, space=space, protocol_key=protocol_key,
+    @abc.abstractmethod
+    def revision(self, device: DeviceProfile, *, create: bool = False) -> int | None:
+        """The number of the revision `device.fingerprint` belongs to; None when it is a new one (made when
+        `create`)."""
+
+    def measured_keys(self, *, device: str, space: str, revision: int | None, model_key: str, protocol_key: str,
+                      tuning_key: str) -> set[str]:
+        if revision is None:  # a revision not stored yet holds no measurements
+            return set()
+        return {r.subnet.key() for r in self.records(device=device, space=space, revision=revision,
+                                                     model_key=model_key, protocol_key=protocol_key,
                                                      tuning_key=tuning_key)}
 
 
 class InMemoryStore(MeasurementStore):
-    """A process-local store (tests, one-off scripts); thread-safe."""
+    """A process-local store (tests, one-off scripts); thread-safe. Revisions are numbered per device in
+    the order their fingerprints first appear (a record without a fingerprint: its device's first)."""
 
     def __init__(self) -> None:
         self._records: list[MeasurementRecord] = []
+        self._revisions: dict[tuple[str, str], int] = {}  # (device, fingerprint key) -> number
+        self._runtimes: dict[str, str] = {}  # a device's runtime, once `revision` was asked about it
         self._lock = threading.Lock()
+
+    def _number(self, device: str, key: str, create: bool) -> int | None:
+        if (device, key) not in self._revisions and create:
+            self._revisions[device, key] = 1 + sum(d == device for d, _ in self._revisions)
+        return self._revisions.get((device, key))
+
+    def revision(self, device: DeviceProfile, *, create: bool = False) -> int | None:
+        with self._lock:
+            self._runtimes[device.name] = device.runtime
+            return self._number(device.name, fingerprint_key(device.fingerprint, device.runtime), create)
 
     def add(self, record: MeasurementRecord) -> None:
         with self._lock:
-            self._records.append(record)
+            runtime = self._runtimes.get(record.device, "tvm")
+            key = fingerprint_key(record.fingerprint, runtime) if record.fingerprint else ""
+            number = self._number(record.device, key, True) if key else (
+                min((n for (d, _), n in self._revisions.items() if d == record.device), default=None)
+                or self._number(record.device, "", True))
+            self._records.append(dataclasses.replace(record, revision=number))
 
-    def records(self, *, device: str, space: str, protocol_key: str | None = None,
-                tuning_key: str | None = None) -> list[MeasurementRecord]:
+    def records(self, *, device: str, space: str, revision: int | None = None, model_key: str | None = None,
+                protocol_key: str | None = None, tuning_key: str | None = None) -> list[MeasurementRecord]:
         with self._lock:
             return [r for r in self._records if r.device == device and r.space == space
+                    and (revision is None or r.revision == revision)
+                    and (model_key is None or r.model_key == model_key)
                     and (protocol_key is None or r.protocol.key() == protocol_key)
                     and (tuning_key is None or r.tuning_key == tuning_key)]
 
 
-def tuning_key(tuning_dir: str | None) -> str:
-    """Identity of a tuning database as it is now: its path and its number of records ('' = untuned)."""
+def latency_model_key(model_config: ModelConfig) -> str:
+    """What of the model a latency depends on besides the subnet: the output layer's size and the attention
+    width (dropout and token ids do not change the kernels). Readable, for messages."""
+    return f"vocab={model_config.vocab_size},qkv={model_config.qkv_dim}"
+
+
+def tuning_key(tuning_dir: str | None, target: dict[str, Any]) -> str:
+    """Identity of a tuning database as it is now, for `target`: its path, its number of records, the
+    target and the TVM version it was tuned with ('' = untuned). MetaSchedule applies records of the
+    target and version that made them only, so the same directory under another target is another key."""
     if not tuning_dir:
         return ""
     count = count_tuning_records(tuning_dir)
-    return hashlib.sha1(f"{Path(tuning_dir).resolve()}:{count}".encode()).hexdigest()[:16]
+    try:
+        tvm_version = metadata.version("apache-tvm")
+    except metadata.PackageNotFoundError:
+        tvm_version = "unknown"
+    what = json.dumps([str(Path(tuning_dir).resolve()), count, target, tvm_version], sort_keys=True)
+    return hashlib.sha1(what.encode()).hexdigest()[:16]
 
 
 def runner_for(device: DeviceProfile, *, timeout_s: float = 300.0) -> Runner:
@@ -117,17 +173,21 @@ def reference_subnet(space: SearchSpace) -> SubnetConfig:
 
 def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, subnets: Sequence[SubnetConfig],
             tuning_dir: str | None = None, work_dir: str | None = None, build_workers: int = 1,
-            timeout_s: float = 600.0, reference_cache: dict[str, str] | None = None) -> list[MeasurementRecord]:
+            timeout_s: float = 600.0, reference_cache: dict[str, str] | None = None,
+            fingerprint: dict[str, Any] | None = None) -> list[MeasurementRecord]:
     """Build and time `subnets` on `device`; one record per subnet, failures included.
 
     Under `protocol.reference` the reference subnet is timed with them (first, interleaved like the
     rest) and its latency stored with every record; its build is kept in `reference_cache` (a dict
     the caller holds for a whole collection, with `work_dir` outliving it) when one is given.
+    Each record carries the device's `fingerprint` as probed now (`probe_fingerprint`, unless the caller
+    probed it already).
     """
     protocol = protocol_for(device, space)
     runner = runner_for(device, timeout_s=timeout_s)
     if isinstance(runner, RPCRunner):
         check_tracker(runner.tracker, runner.key)  # before minutes of building for a board that is not there
+    fingerprint = fingerprint if fingerprint is not None else probe_fingerprint(device)
 
     def build_input(cfg: SubnetConfig) -> BuildInput:
         return BuildInput(cfg, model_config, device.target, batch=protocol.batch_size,
@@ -135,7 +195,7 @@ def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
                           tuning_dir=tuning_dir)
 
     builds = [build_input(cfg) for cfg in subnets]
-    key = tuning_key(tuning_dir)
+    key = tuning_key(tuning_dir, device.target)
     ref_build = build_input(reference_subnet(space)) if protocol.reference else None
     cache = reference_cache if reference_cache is not None else {}
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -170,7 +230,8 @@ def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
         results[i] = r
     # Every slot is filled now: failed builds above, the rest (`to_run`) from `timed`.
     return [MeasurementRecord(device.name, space.name, cfg, protocol, key, r,
-                              reference_ms=reference_ms if r.ok else None)
+                              reference_ms=reference_ms if r.ok else None, model_key=latency_model_key(model_config),
+                              fingerprint=fingerprint)
             for cfg, r in zip(subnets, cast(list[RunResult], results), strict=True)]
 
 
@@ -236,8 +297,12 @@ def collect(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     subnets = distinct_subnets(space, n, seed=seed)
-    done = store.measured_keys(device=device.name, space=space.name, protocol_key=protocol_for(device, space).key(),
-                               tuning_key=tuning_key(tuning_dir))
+    fingerprint = probe_fingerprint(device)  # once: every batch of this collection is on the same revision
+    device = dataclasses.replace(device, fingerprint=fingerprint)
+    done = store.measured_keys(device=device.name, space=space.name, revision=store.revision(device),
+                               model_key=latency_model_key(model_config),
+                               protocol_key=protocol_for(device, space).key(),
+                               tuning_key=tuning_key(tuning_dir, device.target))
     todo = [c for c in subnets if c.key() not in done]
     measured = failed = 0
     reference_cache: dict[str, str] = {}  # the reference subnet is built once per collection
@@ -250,7 +315,7 @@ def collect(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
             chunk = todo[start:start + batch]
             for rec in measure(device=device, space=space, model_config=model_config, subnets=chunk,
                                tuning_dir=tuning_dir, build_workers=build_workers, work_dir=ref_dir,
-                               reference_cache=reference_cache):
+                               reference_cache=reference_cache, fingerprint=fingerprint):
                 store.add(rec)
                 measured += rec.result.ok
                 failed += not rec.result.ok

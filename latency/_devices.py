@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -140,6 +141,17 @@ def _memory_gib() -> float | None:
         return None
 
 
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip("\x00\n ") or None
+    except OSError:
+        return None
+
+
+GOVERNOR_FILE = "/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"  # absent on most VMs
+
+
+@functools.cache  # the fingerprint probes TVM and the OS: once per process is enough
 def local_fingerprint() -> dict[str, Any]:
     """What a latency depends on besides the subnet: hardware, and the software that compiled it."""
     import tvm
@@ -147,10 +159,98 @@ def local_fingerprint() -> dict[str, Any]:
     return {
         "cpu_model": cpu_model(), "cores": os.cpu_count(), "memory_gib": _memory_gib(),
         "machine": platform.machine(), "llvm_cpu": str(tvm.target.codegen.llvm_get_system_cpu()),
+        "governor": _read(GOVERNOR_FILE),
         "os": platform.platform(), "python": platform.python_version(),
         "tvm": _version("apache-tvm"), "tvm_ffi": _version("apache-tvm-ffi"), "torch": _version("torch"),
         "numpy": _version("numpy"), "onnxruntime": _version("onnxruntime"),
     }
+
+
+@functools.cache
+def _gpu_model() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+# The fingerprint fields a latency depends on, per runtime: a device probed with other values here is a new
+# revision of it. Left out on purpose: memory size, OS build, Python and numpy (a VM's memory and kernel
+# change between boots without changing a kernel's speed).
+REVISION_FIELDS: dict[str, tuple[str, ...]] = {
+    "tvm": ("cpu_model", "cpu_id", "cores", "machine", "llvm_cpu", "governor", "gpu_model", "tvm", "tvm_ffi"),
+    "torch": ("cpu_model", "cpu_id", "cores", "machine", "governor", "gpu_model", "torch"),
+}
+
+
+def revision_fields(fingerprint: dict[str, Any], runtime: str) -> dict[str, Any]:
+    """The part of `fingerprint` that identifies a device revision under `runtime`."""
+    return {f: fingerprint[f] for f in REVISION_FIELDS[runtime] if fingerprint.get(f) is not None}
+
+
+def fingerprint_key(fingerprint: dict[str, Any], runtime: str) -> str:
+    """Identity of a device revision: a hash of its `revision_fields`."""
+    fields = json.dumps(revision_fields(fingerprint, runtime), sort_keys=True, default=str)
+    return hashlib.sha1(fields.encode()).hexdigest()[:16]
+
+
+def fingerprint_diff(old: dict[str, Any], new: dict[str, Any], runtime: str) -> str:
+    """What changed between two fingerprints in the revision fields, e.g. "cpu_model 'A' -> 'B'"."""
+    a, b = revision_fields(old, runtime), revision_fields(new, runtime)
+    return ", ".join(f"{f} {a.get(f)!r} -> {b.get(f)!r}" for f in REVISION_FIELDS[runtime] if a.get(f) != b.get(f))
+
+
+def rpc_fingerprint(tracker: str, key: str, *, session_timeout_s: float = 60.0) -> dict[str, Any]:
+    """A remote board's fingerprint, probed through a TVM RPC session.
+
+    A server started by `hwnas devices serve` answers the whole fingerprint (`hwnas.device_fingerprint`,
+    what `local_fingerprint` reads there). TVM's stock server answers what sysfs says (its download reads
+    files by size, so /proc's zero-sized files are out of reach): the CPU's identification
+    (`cpu_id`: sysfs modalias, or the ARM MIDR), the online cores and the frequency governor.
+    """
+    from tvm import rpc
+
+    host, port = parse_tracker(tracker)
+    try:
+        remote = rpc.connect_tracker(host, port).request(key, session_timeout=session_timeout_s)
+    except (RuntimeError, OSError) as e:
+        raise MeasurementError(f"cannot open an RPC session to '{key}' at {tracker}: {str(e).splitlines()[0]}") \
+            from None
+    try:
+        return dict(json.loads(remote.get_function("hwnas.device_fingerprint")()), probe="hwnas")
+    except (RuntimeError, AttributeError, ValueError):
+        pass  # a stock TVM server: sysfs below
+
+    def read(path: str) -> str | None:
+        try:
+            return bytes(remote.download(path)).decode(errors="replace").strip("\x00\n ") or None
+        except (RuntimeError, OSError):
+            return None
+
+    online = read("/sys/devices/system/cpu/online")
+    return {"cpu_id": read("/sys/devices/system/cpu/cpu0/regs/identification/midr_el1")
+            or (read("/sys/devices/system/cpu/modalias") or "").split(":feature:")[0] or None,
+            "cores": _count_cpus(online) if online else None, "governor": read(GOVERNOR_FILE),
+            "max_khz": read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq"), "probe": "sysfs"}
+
+
+def _count_cpus(ranges: str) -> int:
+    """Cores in a sysfs CPU list such as '0-3,6'."""
+    n = 0
+    for part in ranges.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def probe_fingerprint(device: DeviceProfile) -> dict[str, Any]:
+    """The device's fingerprint as it is now: this machine's for a local device (with the GPU's model for
+    a GPU device), the board's through RPC for a remote one."""
+    if device.location == "rpc":
+        return rpc_fingerprint(str(device.tracker), str(device.rpc_key))
+    fp = dict(local_fingerprint())
+    if device.kind == "gpu":
+        fp["gpu_model"] = _gpu_model()
+    return fp
 
 
 LOCAL_PASSES = 5  # bench/noise.py --mode passes, tuned libraries: between-session spread p90 26.7% -> 6.6%
@@ -167,7 +267,7 @@ def local_cpu_profile(*, threads: int | None = None) -> DeviceProfile:
                          protocol=MeasureConfig(threads=threads or cores, passes=LOCAL_PASSES, reference=True))
 
 
-@functools.cache  # the fingerprint probes TVM and the OS: once per process is enough
+@functools.cache  # the fingerprint is probed once per process
 def builtin_devices() -> dict[str, DeviceProfile]:
     """Profiles that need no registration: this machine's CPU through TVM, and through PyTorch eager."""
     cpu = local_cpu_profile()

@@ -140,6 +140,8 @@ class HatMLPPredictor(LatencyPredictor):
     def predict(self, subnets: Sequence[SubnetConfig]) -> np.ndarray:
         if not self._weights:
             raise ValueError("predictor is not fitted")
+        for cfg in subnets:  # a subnet outside the space it learned is an error, not an extrapolation
+            self.space.validate(cfg)
         h = np.stack([hat_features(c) for c in subnets]) / self._feature_norm
         for i in range(0, len(self._weights), 2):  # numpy forward: no torch needed to predict
             h = h @ self._weights[i].T + self._weights[i + 1]

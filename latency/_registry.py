@@ -1,9 +1,13 @@
-"""Devices, measurements and predictors in the results database (hwnas.db)."""
+"""Devices and their revisions, measurements and predictors in the results database (hwnas.db)."""
 
 from __future__ import annotations
 
+import builtins
+import dataclasses
+import datetime as dt
 import hashlib
 import json
+import logging
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,14 +16,62 @@ from sqlalchemy.orm import Session
 
 from hwnas.db import Database
 from hwnas.db import Device as DeviceRow
+from hwnas.db import DeviceRevision as RevisionRow
 from hwnas.db import Measurement as MeasurementRow
 from hwnas.db import Predictor as PredictorRow
-from hwnas.exceptions import DuplicateError, NotFoundError
-from hwnas.latency._collect import MeasurementRecord, MeasurementStore
-from hwnas.latency._devices import DeviceProfile, builtin_devices
+from hwnas.exceptions import DuplicateError, MeasurementError, NotFoundError
+from hwnas.latency._collect import MeasurementRecord, MeasurementStore, latency_model_key, tuning_key
+from hwnas.latency._devices import (
+    DeviceProfile,
+    builtin_devices,
+    fingerprint_diff,
+    fingerprint_key,
+    probe_fingerprint,
+    protocol_for,
+)
 from hwnas.latency._predictor import LatencyPredictor
 from hwnas.latency._protocol import MeasureConfig, RunResult
-from hwnas.search_spaces import SubnetConfig
+from hwnas.search_spaces import SearchSpace, SubnetConfig
+from hwnas.supernet import ModelConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """What a latency figure belongs to: one device revision, space, model (`latency_model_key`), protocol
+    and tuning database (`tuning_key`, '' = untuned). A predictor is trained on, and only ever used for,
+    one provenance; a measurement has one."""
+
+    device: str
+    revision: int
+    space: str
+    model_key: str
+    protocol_key: str
+    tuning_key: str
+
+    def describe(self) -> str:
+        kernels = f"tuning {self.tuning_key}" if self.tuning_key else "untuned kernels"
+        return (f"{self.device} rev {self.revision} on space '{self.space}' ({self.model_key}, "
+                f"protocol {self.protocol_key}, {kernels})")
+
+    def differences(self, other: Provenance) -> str:
+        """The fields where `other` differs, e.g. "space 'a' (not 'b')"."""
+        return ", ".join(f"{f.name} {getattr(other, f.name)!r} (not {getattr(self, f.name)!r})"
+                         for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name))
+
+
+@dataclasses.dataclass(frozen=True)
+class Revision:
+    """One revision of a device: its number, the fingerprint that began it, and what belongs to it."""
+
+    device: str
+    number: int
+    fingerprint: dict[str, Any]
+    created_at: dt.datetime
+    measurements: int
+    predictors: int
+    current: bool  # the device's fingerprint as probed now belongs to it
 
 
 def _profile(row: DeviceRow) -> DeviceProfile:
@@ -36,6 +88,7 @@ class DeviceRegistry:
 
     def __init__(self, db: Database):
         self.db = db
+        self._revision_ids: dict[tuple[str, str], int] = {}  # (device, fingerprint key) -> row id
 
     def add(self, profile: DeviceProfile) -> DeviceProfile:
         """Register `profile`; a built-in or taken name is a DuplicateError."""
@@ -72,13 +125,13 @@ class DeviceRegistry:
         if name in builtin:
             return builtin[name]
         with self.db.session() as s:
-            return _profile(self._row(s, name))
+            return _probed(_profile(self._row(s, name)))
 
     def list(self) -> list[DeviceProfile]:
         """The built-ins, then the registered devices by name."""
         builtin = builtin_devices()
         with self.db.session() as s:
-            rows = [_profile(r) for r in s.scalars(select(DeviceRow).order_by(DeviceRow.name))]
+            rows = [_probed(_profile(r)) for r in s.scalars(select(DeviceRow).order_by(DeviceRow.name))]
         return [*builtin.values(), *(d for d in rows if d.name not in builtin)]
 
     def remove(self, name: str) -> None:
@@ -100,12 +153,115 @@ class DeviceRegistry:
                 return row.id
         return self._store(profile)
 
+    def revision(self, profile: DeviceProfile, *, create: bool = False) -> int | None:
+        """The number of the revision `profile.fingerprint` belongs to; None when no stored revision has its
+        fingerprint (with `create`, a new revision begins, and the device row keeps the newest fingerprint)."""
+        rid = self._revision_id(profile, create=create)
+        if rid is None:
+            return None
+        with self.db.session() as s:
+            return s.get_one(RevisionRow, rid).number
+
+    def _revision_id(self, profile: DeviceProfile, *, create: bool) -> int | None:
+        key = fingerprint_key(profile.fingerprint, profile.runtime)
+        if (profile.name, key) in self._revision_ids:
+            return self._revision_ids[profile.name, key]
+        device_id = self.row_id(profile) if create else None
+        with self.db.session() as s:
+            q = select(RevisionRow.id).join(DeviceRow).where(DeviceRow.name == profile.name,
+                                                             RevisionRow.fingerprint_key == key)
+            rid = s.scalar(q)
+            if rid is None and device_id is not None:
+                last = s.scalar(select(RevisionRow).where(RevisionRow.device_id == device_id)
+                                .order_by(RevisionRow.number.desc()).limit(1))
+                row = RevisionRow(device_id=device_id, number=(last.number if last else 0) + 1,
+                                  fingerprint=profile.fingerprint, fingerprint_key=key)
+                s.add(row)
+                try:
+                    s.flush()
+                except IntegrityError:  # another process began it (or the next number) since the read above
+                    s.rollback()
+                    return self._revision_id(profile, create=create)
+                rid = row.id
+                changed = fingerprint_diff(last.fingerprint, profile.fingerprint, profile.runtime) if last else ""
+                log.info("device %s: revision %d begins%s", profile.name, row.number,
+                         f" ({changed})" if changed else "")
+                s.get_one(DeviceRow, device_id).fingerprint = profile.fingerprint
+        if rid is not None:
+            self._revision_ids[profile.name, key] = rid
+        return rid
+
+    def revisions(self, name: str) -> builtins.list[Revision]:
+        """The device's revisions, oldest first, with their measurement and predictor counts."""
+        profile = self.get(name)
+        current = fingerprint_key(profile.fingerprint, profile.runtime)
+        with self.db.session() as s:
+            rows = s.scalars(select(RevisionRow).join(DeviceRow).where(DeviceRow.name == name)
+                             .order_by(RevisionRow.number)).all()
+            counts = {}
+            for table in (MeasurementRow, PredictorRow):
+                counts[table] = dict(s.execute(select(table.revision_id, func.count())
+                                               .where(table.revision_id.in_([r.id for r in rows]))
+                                               .group_by(table.revision_id)).all())
+            return [Revision(name, r.number, dict(r.fingerprint), r.created_at, counts[MeasurementRow].get(r.id, 0),
+                             counts[PredictorRow].get(r.id, 0), r.fingerprint_key == current) for r in rows]
+
+    def provenance(self, profile: DeviceProfile, space: SearchSpace, model_config: ModelConfig,
+                   tuning_dir: str | None, *, revision: int | None = None) -> Provenance:
+        """The provenance a latency of `space`'s subnets on `profile` has now: the device's current revision
+        (or `revision`, which must exist), the model, the device's protocol for the space, the tuning database.
+
+        Raises:
+            NotFoundError: the device as probed now matches no stored revision (nothing was measured on it),
+                or `revision` does not exist; the message lists the revisions there are.
+        """
+        if revision is None:
+            revision = self.revision(profile)
+            if revision is None:
+                raise NotFoundError(self._new_revision_message(profile))
+        elif revision not in {r.number for r in self.revisions(profile.name)}:
+            raise NotFoundError(f"device '{profile.name}' has no revision {revision} "
+                                f"({self._revisions_line(profile.name)})")
+        return Provenance(profile.name, revision, space.name, latency_model_key(model_config),
+                          protocol_for(profile, space).key(), tuning_key(tuning_dir, profile.target))
+
+    def _revisions_line(self, name: str) -> str:
+        revs = self.revisions(name)
+        if not revs:
+            return "it has no revisions: nothing was measured on it"
+        return "revisions: " + "; ".join(f"{r.number}: {_describe_fingerprint(r.fingerprint)}" for r in revs)
+
+    def _new_revision_message(self, profile: DeviceProfile) -> str:
+        revs = self.revisions(profile.name)
+        if not revs:
+            return (f"nothing was measured on device '{profile.name}' yet (hwnas latency collect --device "
+                    f"{profile.name})")
+        changed = fingerprint_diff(revs[-1].fingerprint, profile.fingerprint, profile.runtime)
+        return (f"device '{profile.name}' as probed now is a new revision ({changed or 'new fingerprint'}): "
+                f"nothing was measured on it, and measurements and predictors of other revisions are not used "
+                f"({self._revisions_line(profile.name)}); measure and train on it (hwnas latency collect, "
+                f"hwnas latency train)")
+
     def measurement_counts(self, name: str) -> dict[str, Any]:
         with self.db.session() as s:
             q = (select(MeasurementRow.status, func.count(), func.avg(MeasurementRow.latency_cv))
                  .join(DeviceRow).where(DeviceRow.name == name).group_by(MeasurementRow.status))
             rows = s.execute(q).all()
         return {status: {"count": n, "mean_cv": cv} for status, n, cv in rows}
+
+def _probed(profile: DeviceProfile) -> DeviceProfile:
+    """A registered local device is this machine: its fingerprint is probed here, now (a remote one keeps the
+    fingerprint its board last reported)."""
+    return dataclasses.replace(profile, fingerprint=probe_fingerprint(profile)) if profile.location == "local" \
+        else profile
+
+
+def _describe_fingerprint(fp: dict[str, Any]) -> str:
+    what = [str(fp[f]) for f in ("cpu_model", "cpu_id", "gpu_model", "llvm_cpu") if fp.get(f)]
+    what += [f"{fp['cores']} cores"] if fp.get("cores") else []
+    what += [f"TVM {fp['tvm']}"] if fp.get("tvm") else []
+    return ", ".join(what) or "recorded before revisions"
+
 
 class SQLMeasurementStore(MeasurementStore):
     """Measurement records in the results database; one transaction per record."""
@@ -114,14 +270,22 @@ class SQLMeasurementStore(MeasurementStore):
         self.db, self.devices = db, DeviceRegistry(db)
         self._device_ids: dict[str, int] = {}  # a collection adds thousands of records for one device
 
+    def revision(self, device: DeviceProfile, *, create: bool = False) -> int | None:
+        return self.devices.revision(device, create=create)
+
     def add(self, record: MeasurementRecord) -> None:
         if record.device not in self._device_ids:
             self._device_ids[record.device] = self.devices.row_id(self.devices.get(record.device))
         device_id = self._device_ids[record.device]
+        profile = self.devices.get(record.device)
+        if record.fingerprint:
+            profile = dataclasses.replace(profile, fingerprint=record.fingerprint)
+        revision_id = self.devices._revision_id(profile, create=True)
         r = record.result
         with self.db.session() as s:
             s.add(MeasurementRow(
-                device_id=device_id, space=record.space, subnet_key=record.subnet.key(),
+                device_id=device_id, revision_id=revision_id, model_key=record.model_key, space=record.space,
+                subnet_key=record.subnet.key(),
                 subnet=record.subnet.to_dict(), protocol=record.protocol.to_dict(), protocol_key=record.protocol.key(),
                 tuning_key=record.tuning_key, status="ok" if r.ok else "error", error=r.error,
                 encoder_ms=list(r.encoder_ms) if r.encoder_ms else None,
@@ -129,21 +293,27 @@ class SQLMeasurementStore(MeasurementStore):
                 latency_ms=record.latency_ms() if r.ok else None,
                 latency_cv=record.latency_cv() if r.ok else None, reference_ms=record.reference_ms))
 
-    def records(self, *, device: str, space: str, protocol_key: str | None = None,
-                tuning_key: str | None = None) -> list[MeasurementRecord]:
-        q = (select(MeasurementRow).join(DeviceRow)
+    def records(self, *, device: str, space: str, revision: int | None = None, model_key: str | None = None,
+                protocol_key: str | None = None, tuning_key: str | None = None) -> list[MeasurementRecord]:
+        q = (select(MeasurementRow, RevisionRow.number).join(DeviceRow, MeasurementRow.device_id == DeviceRow.id)
+             .outerjoin(RevisionRow, MeasurementRow.revision_id == RevisionRow.id)
              .where(DeviceRow.name == device, MeasurementRow.space == space).order_by(MeasurementRow.id))
+        if revision is not None:
+            q = q.where(RevisionRow.number == revision)
+        if model_key is not None:
+            q = q.where(MeasurementRow.model_key == model_key)
         if protocol_key is not None:
             q = q.where(MeasurementRow.protocol_key == protocol_key)
         if tuning_key is not None:
             q = q.where(MeasurementRow.tuning_key == tuning_key)
         with self.db.session() as s:
-            rows = list(s.scalars(q))
+            rows = s.execute(q).all()
         return [MeasurementRecord(device, space, SubnetConfig.from_dict(m.subnet), MeasureConfig.from_dict(m.protocol),
                                   m.tuning_key, RunResult(tuple(m.encoder_ms) if m.encoder_ms else None,
                                                           tuple(m.decoder_step_ms) if m.decoder_step_ms else None,
-                                                          m.error), m.reference_ms)
-                for m in rows]
+                                                          m.error), m.reference_ms, model_key=m.model_key,
+                                  revision=number)
+                for m, number in rows]
 
 
 def training_data_key(records: list[MeasurementRecord]) -> str:
@@ -152,42 +322,87 @@ def training_data_key(records: list[MeasurementRecord]) -> str:
     return hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:16]
 
 
-def save_predictor(db: Database, *, device: DeviceProfile, predictor: LatencyPredictor, metrics: dict[str, Any],
-                   data_key: str) -> int:
-    """Store a new version of (device, predictor kind); returns the version number."""
+def save_predictor(db: Database, *, device: DeviceProfile, provenance: Provenance, predictor: LatencyPredictor,
+                   metrics: dict[str, Any], data_key: str) -> int:
+    """Store a new version of (device, predictor kind), trained on measurements of `provenance`; returns the
+    version number."""
+    if predictor.space.name != provenance.space or device.name != provenance.device:
+        raise MeasurementError(f"a {predictor.kind} predictor of {device.name} on space '{predictor.space.name}' "
+                               f"cannot be stored as one of {provenance.describe()}")
     registry = DeviceRegistry(db)
     device_id = registry.row_id(device)
     with db.session() as s:
+        rev = s.scalar(select(RevisionRow).where(RevisionRow.device_id == device_id,
+                                                 RevisionRow.number == provenance.revision))
+        if rev is None:
+            raise NotFoundError(f"device '{device.name}' has no revision {provenance.revision}")
         latest = s.scalar(select(func.max(PredictorRow.version))
                           .where(PredictorRow.device_id == device_id, PredictorRow.kind == predictor.kind))
         version = (latest or 0) + 1
-        s.add(PredictorRow(device_id=device_id, kind=predictor.kind, version=version, space=predictor.space.name,
-                           blob=predictor.to_bytes(), metrics=metrics, fingerprint=device.fingerprint,
+        s.add(PredictorRow(device_id=device_id, revision_id=rev.id, kind=predictor.kind, version=version,
+                           space=provenance.space, model_key=provenance.model_key,
+                           protocol_key=provenance.protocol_key, tuning_key=provenance.tuning_key,
+                           blob=predictor.to_bytes(), metrics=metrics, fingerprint=dict(rev.fingerprint),
                            training_data_key=data_key))
     return version
 
 
-def load_predictor(db: Database, *, device: str, kind: str | None = None,
+def _info(row: PredictorRow, device: str, revision: int | None) -> dict[str, Any]:
+    return {"device": device, "kind": row.kind, "version": row.version,
+            "revision": revision, "space": row.space, "model_key": row.model_key, "protocol_key": row.protocol_key,
+            "tuning_key": row.tuning_key, "metrics": row.metrics, "fingerprint": row.fingerprint,
+            "training_data_key": row.training_data_key, "created_at": row.created_at}
+
+
+def _row_provenance(row: PredictorRow, device: str, revision: int | None) -> Provenance:
+    return Provenance(device, revision or 0, row.space, row.model_key, row.protocol_key, row.tuning_key)
+
+
+def load_predictor(db: Database, provenance: Provenance, *, kind: str | None = None,
                    version: int | None = None) -> tuple[LatencyPredictor, dict[str, Any]]:
-    """A stored predictor by (device, kind, version); the newest when kind/version are left out."""
-    q = select(PredictorRow).join(DeviceRow).where(DeviceRow.name == device)
-    if kind is not None:
-        q = q.where(PredictorRow.kind == kind)
-    if version is not None:
-        q = q.where(PredictorRow.version == version)
+    """The predictor for `provenance`: the newest of `kind` (any kind when None), or exactly (kind, version).
+
+    Never a near one: a pinned version trained on anything else, or no predictor of this provenance, is a
+    NotFoundError naming what differs or listing the predictors the device has.
+    """
+    base = (select(PredictorRow, RevisionRow.number).join(DeviceRow, PredictorRow.device_id == DeviceRow.id)
+            .outerjoin(RevisionRow, PredictorRow.revision_id == RevisionRow.id)
+            .where(DeviceRow.name == provenance.device))
     with db.session() as s:
-        row = s.scalar(q.order_by(PredictorRow.created_at.desc(), PredictorRow.id.desc()).limit(1))
-        if row is None:
-            what = f"device '{device}'" + (f", kind '{kind}'" if kind else "")
-            what += f", version {version}" if version else ""
-            raise NotFoundError(f"no latency predictor for {what} (train one: hwnas latency train --device {device})")
-        info = {"kind": row.kind, "version": row.version, "space": row.space, "metrics": row.metrics,
-                "fingerprint": row.fingerprint, "training_data_key": row.training_data_key}
-        return LatencyPredictor.from_bytes(row.blob), info
+        if version is not None:
+            found = s.execute(base.where(PredictorRow.kind == (kind or ""), PredictorRow.version == version)).first()
+            if found is None:
+                raise NotFoundError(f"device '{provenance.device}' has no {kind} predictor version {version}")
+            row, number = found
+            stored = _row_provenance(row, provenance.device, number)
+            if stored != provenance:
+                raise NotFoundError(f"predictor {kind} v{version} of {provenance.device} was trained for "
+                                    f"{stored.describe()}; it cannot predict for {provenance.describe()}: "
+                                    f"{provenance.differences(stored)}")
+        else:
+            q = base.where(RevisionRow.number == provenance.revision, PredictorRow.space == provenance.space,
+                           PredictorRow.model_key == provenance.model_key,
+                           PredictorRow.protocol_key == provenance.protocol_key,
+                           PredictorRow.tuning_key == provenance.tuning_key)
+            if kind is not None:
+                q = q.where(PredictorRow.kind == kind)
+            found = s.execute(q.order_by(PredictorRow.created_at.desc(), PredictorRow.id.desc()).limit(1)).first()
+            if found is None:
+                others = [_row_provenance(r, provenance.device, n) for r, n in s.execute(base).all()]
+                what = f"no {kind + ' ' if kind else ''}latency predictor for {provenance.describe()}"
+                listed = "; ".join(sorted({o.describe() for o in others})[:5]) or "none"
+                raise NotFoundError(f"{what}; stored: {listed} (train one: hwnas latency train --device "
+                                    f"{provenance.device} --space {provenance.space})")
+            row, number = found
+        return LatencyPredictor.from_bytes(row.blob), _info(row, provenance.device, number)
 
 
 def list_predictors(db: Database, device: str) -> list[dict[str, Any]]:
+    """Every predictor of the device, with its provenance and held-out metrics."""
     with db.session() as s:
-        rows = s.scalars(select(PredictorRow).join(DeviceRow).where(DeviceRow.name == device)
-                         .order_by(PredictorRow.kind, PredictorRow.version))
-        return [{"kind": r.kind, "version": r.version, "space": r.space, "metrics": r.metrics} for r in rows]
+        rows = s.execute(select(PredictorRow, RevisionRow.number).join(DeviceRow, PredictorRow.device_id ==
+                                                                       DeviceRow.id)
+                         .outerjoin(RevisionRow, PredictorRow.revision_id == RevisionRow.id)
+                         .where(DeviceRow.name == device).order_by(PredictorRow.kind, PredictorRow.version))
+        return [{k: v for k, v in _info(r, device, n).items() if k not in ("fingerprint", "device")}
+                for r, n in rows.all()]

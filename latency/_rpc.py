@@ -23,9 +23,10 @@ def free_port() -> int:
 
 
 def server_command(*, tracker: str, key: str, host: str = "0.0.0.0", port: int = 9090) -> list[str]:
-    """TVM's RPC server, registered at `tracker` under `key` (what a Raspberry Pi runs)."""
+    """TVM's RPC server, registered at `tracker` under `key` (what a Raspberry Pi runs), answering the board's
+    fingerprint too (`hwnas.latency._rpc_server`)."""
     parse_tracker(tracker)
-    return [sys.executable, "-m", "tvm.exec.rpc_server", "--host", host, "--port", str(port),
+    return [sys.executable, "-m", "hwnas.latency._rpc_server", "--host", host, "--port", str(port),
             "--port-end", str(port + 100), "--tracker", tracker, "--key", key]
 
 

@@ -9,11 +9,12 @@ import numpy as np
 
 from hwnas.db import Database
 from hwnas.exceptions import MeasurementError
-from hwnas.latency._collect import drift_corrected, tuning_key
-from hwnas.latency._devices import DeviceProfile, protocol_for
+from hwnas.latency._collect import drift_corrected
+from hwnas.latency._devices import DeviceProfile
 from hwnas.latency._predictor import accuracy, create_predictor
-from hwnas.latency._registry import SQLMeasurementStore, save_predictor, training_data_key
+from hwnas.latency._registry import DeviceRegistry, SQLMeasurementStore, save_predictor, training_data_key
 from hwnas.search_spaces import SearchSpace
+from hwnas.supernet import ModelConfig
 
 T = TypeVar("T")
 
@@ -24,26 +25,32 @@ def split(records: Sequence[T], test_fraction: float, seed: int) -> tuple[list[T
     return [records[i] for i in order[n_test:]], [records[i] for i in order[:n_test]]
 
 
-def train_predictors(db: Database, *, device: DeviceProfile, space: SearchSpace, kinds: Sequence[str],
-                     tuning_dir: str | None, test_fraction: float = 0.2, constraint_ms: float | None = None,
-                     seed: int = 0) -> list[dict[str, Any]]:
-    """Fit each kind on a seeded split of the device's successful measurements; store and report."""
-    protocol = protocol_for(device, space)
+def train_predictors(db: Database, *, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig,
+                     kinds: Sequence[str], tuning_dir: str | None, test_fraction: float = 0.2,
+                     constraint_ms: float | None = None, seed: int = 0,
+                     revision: int | None = None) -> list[dict[str, Any]]:
+    """Fit each kind on a seeded split of the successful measurements of one provenance (the device's current
+    revision unless `revision`, the space, the model, the device's protocol, the tuning database); store each
+    with that provenance and report. Measurements of other revisions, models or kernels never mix in."""
+    prov = DeviceRegistry(db).provenance(device, space, model_config, tuning_dir, revision=revision)
     # successful records, on one footing across sessions when the protocol has a reference
     usable, baseline = drift_corrected(SQLMeasurementStore(db).records(
-        device=device.name, space=space.name, protocol_key=protocol.key(), tuning_key=tuning_key(tuning_dir)))
+        device=device.name, space=space.name, revision=prov.revision, model_key=prov.model_key,
+        protocol_key=prov.protocol_key, tuning_key=prov.tuning_key))
     if len(usable) < 10:
-        raise MeasurementError(f"device '{device.name}' has {len(usable)} usable measurements of space "
-                               f"'{space.name}'; collect more first (hwnas latency collect --device {device.name})")
+        raise MeasurementError(f"{prov.describe()} has {len(usable)} usable measurements; collect more first "
+                               f"(hwnas latency collect --device {device.name} --space {space.name})")
     train, test = split(usable, test_fraction, seed)
     measured = np.array([s.latency_ms for _, s in test])
+    decode_steps = usable[0][0].protocol.decode_steps
     out = []
     for kind in kinds:
-        pred = create_predictor(kind, space, protocol.decode_steps).fit([s for _, s in train], seed=seed)
+        pred = create_predictor(kind, space, decode_steps).fit([s for _, s in train], seed=seed)
         metrics = accuracy(pred.predict([r.subnet for r, _ in test]), measured, constraint_ms=constraint_ms)
         if baseline is not None:
             metrics["reference_baseline_ms"] = baseline
-        version = save_predictor(db, device=device, predictor=pred, metrics=metrics,
+        version = save_predictor(db, device=device, provenance=prov, predictor=pred, metrics=metrics,
                                  data_key=training_data_key([r for r, _ in train]))
-        out.append({"kind": kind, "version": version, "train": len(train), "test": len(test), "metrics": metrics})
+        out.append({"kind": kind, "version": version, "revision": prov.revision, "train": len(train),
+                    "test": len(test), "metrics": metrics})
     return out

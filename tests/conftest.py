@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,18 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """Every storage test runs on both backends."""
     with open_db(request.param, request, tmp_path) as database:
         yield database
+
+
+def store_stand_in_predictor(db: Database, device: str, space: SearchSpace, checkpoint: Path, predictor: Any,
+                             metrics: dict[str, Any] | None = None, tuning_dir: str | None = None) -> int:
+    """Stores `predictor` (fitted to stand-in timings: test data, named so) as the predictor of `device`'s current
+    revision for `space` and `checkpoint`'s model, as `hwnas latency train` would; returns its version."""
+    from hwnas.latency import DeviceRegistry, save_predictor
+    from hwnas.supernet import read_checkpoint
+
+    reg = DeviceRegistry(db)
+    profile = reg.get(device)
+    reg.revision(profile, create=True)  # what a measurement on it would have begun
+    mc = ModelConfig(**read_checkpoint(checkpoint)["model_config"])
+    return save_predictor(db, device=profile, provenance=reg.provenance(profile, space, mc, tuning_dir),
+                          predictor=predictor, metrics=metrics or {}, data_key="stand-in")

@@ -36,6 +36,8 @@ from hwnas.api._schemas import (
     JobPage,
     JobStatus,
     ParetoMemberOut,
+    PredictIn,
+    PredictionOut,
 )
 from hwnas.db import Candidate, Database, Export
 from hwnas.exceptions import DuplicateError, HwnasError, NotFoundError, StorageError
@@ -313,6 +315,15 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/devices/{name}", response_model=DeviceProfileOut, tags=["devices"], responses=_NOT_FOUND)
     def device(name: str, user: User, db: DB) -> DeviceProfileOut:
-        """Fingerprint, protocol, measurement count and noise, predictors with their held-out accuracy."""
+        """Fingerprint, protocol, revisions, measurement count and noise, predictors with their provenance and
+        held-out accuracy."""
         return svc.device_profile(db, name)
+
+    @app.post("/devices/{name}/predict", response_model=PredictionOut, tags=["devices"],
+              responses={**_NOT_FOUND, 422: _error("Subnet outside the space, or no supernet for it")})
+    def predict(name: str, body: PredictIn, user: User, db: DB) -> PredictionOut:
+        """A subnet's predicted latency on the device (its current revision, unless asked), with the predictor's
+        version, the revision and the predictor's held-out error bar; no predictor of exactly that provenance
+        is a 404 listing those stored."""
+        return svc.predict(db, name, body)
 

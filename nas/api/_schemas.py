@@ -164,16 +164,54 @@ class MeasurementSummary(BaseModel):
 class PredictorOut(BaseModel):
     kind: str
     version: int
+    revision: int | None = Field(description="The device revision it was trained on (None: before revisions)")
     space: str
+    model_key: str = Field(description="The model it predicts for: vocabulary and attention width")
+    tuning_key: str = Field(description="The tuning database of its measurements ('' = untuned kernels)")
     created_at: dt.datetime
     metrics: dict[str, Any]
+
+
+class RevisionOut(BaseModel):
+    number: int
+    fingerprint: dict[str, Any]
+    created_at: dt.datetime
+    measurements: int
+    predictors: int
+    current: bool = Field(description="The device as probed now belongs to it")
 
 
 class DeviceProfileOut(DeviceOut):
     fingerprint: dict[str, Any]
     protocol: dict[str, Any]
+    revisions: list[RevisionOut]
     measurements: MeasurementSummary
     predictors: list[PredictorOut]
+
+
+class PredictIn(_In):
+    """A subnet of `space` whose latency on the device is asked for."""
+
+    space: str = Field("quickstart", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    subnet: dict[str, Any] = Field(description="A SubnetConfig as JSON (as `hwnas supernet extract` writes)")
+    kind: str | None = Field(None, max_length=32, description="Predictor kind; default: the newest of any kind")
+    version: int | None = Field(None, ge=1, description="Predictor version (with kind)")
+    revision: int | None = Field(None, ge=1, description="Device revision; default: the device as probed now")
+
+
+class PredictionOut(BaseModel):
+    device: str
+    revision: int
+    space: str
+    subnet: dict[str, Any]
+    latency_ms: float
+    error_ms: float = Field(description="The predictor's held-out MAPE x the prediction")
+    kind: str
+    version: int
+    mape: float
+    within_10pct: float
+    model_key: str
+    tuning_key: str
 
 
 class ErrorOut(BaseModel):

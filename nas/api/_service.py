@@ -15,25 +15,31 @@ from hwnas.api._schemas import (
     ExportOut,
     JobCreate,
     MeasurementSummary,
+    PredictIn,
+    PredictionOut,
     PredictorOut,
+    RevisionOut,
 )
-from hwnas.db import Database, Device, Export, Measurement, Predictor, SearchJob
+from hwnas.db import Database, Device, Export, Measurement, SearchJob
 from hwnas.exceptions import NotFoundError, SearchError, SearchSpaceError
 from hwnas.jobs import (
     FitnessConfig,
     JobInfo,
     SearchSpec,
+    SupernetInfo,
     candidates,
     create_job,
     front,
     get_job,
     get_supernet,
     plot_front,
+    predict_latency,
     tuning_to_use,
 )
-from hwnas.latency import DeviceProfile, DeviceRegistry
+from hwnas.latency import DeviceProfile, DeviceRegistry, list_predictors
 from hwnas.search import strategy_options
-from hwnas.search_spaces import list_spaces
+from hwnas.search_spaces import SubnetConfig, get_space, list_spaces
+from hwnas.supernet import ModelConfig, read_checkpoint
 
 
 def owned_job(db: Database, user: str, job_id: int) -> JobInfo:
@@ -44,16 +50,20 @@ def owned_job(db: Database, user: str, job_id: int) -> JobInfo:
     return job
 
 
+def _server_supernet(db: Database, space: str) -> SupernetInfo:
+    try:
+        return get_supernet(db, space=space)
+    except NotFoundError as e:  # the server lacks it: the request is fine, but cannot be served (not a 404)
+        raise SearchError(f"no trained supernet for space '{space}' on this server (an admin trains one: "
+                          f"hwnas supernet train --space {space})") from e
+
+
 def spec_of(db: Database, body: JobCreate) -> SearchSpec:
     """The library's search spec for a request: the space's newest registered supernet and the device's tuning
     database."""
     if body.space not in list_spaces():  # users name shipped spaces only, never files on the server
         raise SearchSpaceError(f"unknown space '{body.space}' (known: {', '.join(list_spaces())})")
-    try:
-        net = get_supernet(db, space=body.space)
-    except NotFoundError as e:  # the server lacks it: the request is fine, but cannot be served (not a 404)
-        raise SearchError(f"no trained supernet for space '{body.space}' on this server (an admin trains one: "
-                          f"hwnas supernet train --space {body.space})") from e
+    net = _server_supernet(db, body.space)
     return SearchSpec(space=body.space, device=body.device, latency_ms=body.latency_ms, strategy=body.strategy,
                       seed=body.seed, supernet=net.path, supernet_id=net.id,
                       options=strategy_options(body.strategy, population=body.population,
@@ -99,20 +109,38 @@ def device_out(d: DeviceProfile) -> DeviceOut:
 
 
 def device_profile(db: Database, name: str) -> DeviceProfileOut:
-    """A device with its measurement count and noise, and its predictors with their held-out accuracy."""
-    dev = DeviceRegistry(db).get(name)
+    """A device with its revisions, its measurement count and noise, and its predictors with their provenance and
+    held-out accuracy."""
+    registry = DeviceRegistry(db)
+    dev = registry.get(name)
     with db.session() as s:
         cvs = np.array([cv for cv in s.scalars(select(Measurement.latency_cv).join(Device).where(
             Device.name == name, Measurement.status == "ok")) if cv is not None], dtype=float)
-        preds = [PredictorOut(kind=p.kind, version=p.version, space=p.space, created_at=p.created_at,
-                              metrics=p.metrics)
-                 for p in s.scalars(select(Predictor).join(Device).where(Device.name == name)
-                                    .order_by(Predictor.kind, Predictor.version))]
+    preds = [PredictorOut(**p) for p in list_predictors(db, name)]
+    revisions = [RevisionOut(number=r.number, fingerprint=r.fingerprint, created_at=r.created_at,
+                             measurements=r.measurements, predictors=r.predictors, current=r.current)
+                 for r in registry.revisions(name)]
     summary = MeasurementSummary(ok=_count(db, name, "ok"), errors=_count(db, name, "error"),
                                  cv_median=float(np.median(cvs)) if cvs.size else None,
                                  cv_p90=float(np.percentile(cvs, 90)) if cvs.size else None)
     return DeviceProfileOut(**device_out(dev).model_dump(), fingerprint=dev.fingerprint,
-                            protocol=dev.protocol.to_dict(), measurements=summary, predictors=preds)
+                            protocol=dev.protocol.to_dict(), revisions=revisions, measurements=summary,
+                            predictors=preds)
+
+
+def predict(db: Database, name: str, body: PredictIn) -> PredictionOut:
+    """A subnet's predicted latency on the device, for the model the server searches (its supernet of the space)."""
+    if body.space not in list_spaces():  # users name shipped spaces only, never files on the server
+        raise SearchSpaceError(f"unknown space '{body.space}' (known: {', '.join(list_spaces())})")
+    space = get_space(body.space)
+    try:
+        subnet = SubnetConfig.from_dict(body.subnet)
+    except (TypeError, ValueError, KeyError) as e:
+        raise SearchSpaceError(f"subnet: not a subnet config of space '{space.name}' ({e})") from None
+    mc = ModelConfig(**read_checkpoint(_server_supernet(db, body.space).path)["model_config"])
+    p = predict_latency(db, device=DeviceRegistry(db).get(name), space=space, model_config=mc, subnet=subnet,
+                        kind=body.kind, version=body.version, revision=body.revision)
+    return PredictionOut(**p.to_dict())
 
 
 def _count(db: Database, name: str, status: str) -> int:

@@ -109,12 +109,19 @@ def devices_list() -> None:
 
 @devices_app.command("show")
 def devices_show(name: Annotated[str, typer.Argument(help="Device name")]) -> None:
-    """A device profile as JSON: target, fingerprint, protocol, measurements and predictors."""
+    """A device profile as JSON: target, fingerprint (as probed now), protocol, its revisions (each with its
+    fingerprint and how many measurements and predictors belong to it), measurements and predictors."""
+    import dataclasses
+
     from hwnas.latency import DeviceRegistry, list_predictors
 
     database = db()
-    out = {**device(name).to_dict(), "measurements": DeviceRegistry(database).measurement_counts(name),
-           "predictors": list_predictors(database, name)}
+    registry = DeviceRegistry(database)
+    revisions = [dataclasses.asdict(r) for r in registry.revisions(name)]
+    out = {**device(name).to_dict(),
+           "current_revision": next((r["number"] for r in revisions if r["current"]), None),
+           "revisions": [{k: v for k, v in r.items() if k != "device"} for r in revisions],
+           "measurements": registry.measurement_counts(name), "predictors": list_predictors(database, name)}
     typer.echo(json.dumps(out, indent=2, default=str))
 
 
@@ -189,14 +196,20 @@ def latency_train(
     constraint_ms: Annotated[float | None, typer.Option(help="Report the error near this latency")] = None,
     seed: int = 0,
     untuned: Annotated[bool, typer.Option(help="Train on measurements of untuned kernels")] = False,
+    vocab_size: Annotated[int | None, typer.Option(min=8, help="The model's vocabulary (as measured)")] = None,
 ) -> None:
-    """Train predictors on the device's measurements; report held-out accuracy; store new versions."""
-    from hwnas.jobs import fit_predictors
+    """Train predictors on the measurements of the device's current revision (of this space, model and tuning
+    database); report held-out accuracy; store new versions."""
+    from hwnas.jobs import default_vocab_size, fit_predictors
     from hwnas.search_spaces import get_space
+    from hwnas.supernet import ModelConfig
 
     dev, sp = device(device_name), get_space(space)
-    results = fit_predictors(db(), device=dev, space=sp, kinds=kinds.split(","), untuned=untuned,
+    mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
+    results = fit_predictors(db(), device=dev, space=sp, model_config=mc, kinds=kinds.split(","), untuned=untuned,
                              test_fraction=test_fraction, constraint_ms=constraint_ms, seed=seed)
+    if results:
+        console.print(f"{dev.name} revision {results[0]['revision']}, space {sp.name}")
     table = Table("predictor", "version", "train/test", "RMSE ms", "MAPE %", "within 5%", "within 10%", "Spearman",
                   "Kendall")
     for r in results:
@@ -205,6 +218,37 @@ def latency_train(
                       f"{100 * m['mape']:.2f}", f"{100 * m['within_5pct']:.1f}%", f"{100 * m['within_10pct']:.1f}%",
                       f"{m['spearman']:.3f}", f"{m['kendall']:.3f}")
     console.print(table)
+
+
+@latency_app.command("predict")
+def latency_predict(
+    device_name: DeviceOpt = "local-cpu",
+    space: SpaceOpt = "quickstart",
+    subnet: Annotated[str, typer.Option(help="Subnet JSON file, or 'largest' / 'smallest'")] = "largest",
+    kind: Annotated[str | None, typer.Option(help="Predictor kind (default: the newest of any kind)")] = None,
+    version: Annotated[int | None, typer.Option(min=1, help="Predictor version (with --kind)")] = None,
+    revision: Annotated[int | None, typer.Option(min=1, help="Device revision (default: as probed now)")] = None,
+    untuned: Annotated[bool, typer.Option(help="The predictor of untuned kernels")] = False,
+    vocab_size: Annotated[int | None, typer.Option(min=8, help="The model's vocabulary (as measured)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Predict a subnet's latency on a device, with the predictor's version, the device revision and the
+    predictor's held-out error bar."""
+    from hwnas.jobs import default_vocab_size, predict_latency
+    from hwnas.search_spaces import get_space
+    from hwnas.supernet import ModelConfig
+
+    dev, sp = device(device_name), get_space(space)
+    cfg = load_subnet(subnet, sp)
+    mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
+    p = predict_latency(db(), device=dev, space=sp, model_config=mc, subnet=cfg, kind=kind, version=version,
+                        revision=revision, untuned=untuned)
+    if as_json:
+        typer.echo(json.dumps(p.to_dict(), indent=2))
+        return
+    console.print(f"{p.latency_ms:.3f} ms +- {p.error_ms:.3f} ms (held-out MAPE {100 * p.mape:.1f}%, "
+                  f"{100 * p.within_10pct:.0f}% within 10%) on {p.device} rev {p.revision}, space {p.space}: "
+                  f"{p.kind} predictor v{p.version}")
 
 
 def _fail(message: str) -> int:

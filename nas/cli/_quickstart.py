@@ -35,7 +35,7 @@ from hwnas.exceptions import SearchError
 
 if TYPE_CHECKING:  # heavy imports (torch, TVM) wait until the command runs
     from hwnas.db import Database
-    from hwnas.jobs import FrontMember
+    from hwnas.jobs import FrontMember, SearchSpec
     from hwnas.latency import DeviceProfile
     from hwnas.search_spaces import SearchSpace
     from hwnas.supernet import ModelConfig
@@ -268,8 +268,8 @@ def _latency(summary: Summary, database: Database, device: DeviceProfile, space:
     report = measure_subnets(database, device=device, space=space, model_config=mc, n=sizes.samples, seed=SEED,
                              build_workers=sizes.workers)
     console.print(f"{report.measured} measured, {report.failed} failed, {report.skipped} already in the database")
-    results = fit_predictors(database, device=device, space=space, kinds=PREDICTOR_KINDS, test_fraction=TEST_FRACTION,
-                             seed=SEED)
+    results = fit_predictors(database, device=device, space=space, model_config=mc, kinds=PREDICTOR_KINDS,
+                             test_fraction=TEST_FRACTION, seed=SEED)
     best = choose_predictor(results)
     for r in results:
         m = r["metrics"]
@@ -277,17 +277,21 @@ def _latency(summary: Summary, database: Database, device: DeviceProfile, space:
         console.print(f"predictor {r['kind']} v{r['version']}: held-out MAPE {100 * m['mape']:.1f}%, "
                       f"Spearman {m['spearman']:.2f} ({r['train']} train / {r['test']} held out){mark}")
     summary.measured_subnets = best["train"] + best["test"]  # the usable ones
-    summary.predictor = {"kind": best["kind"], "version": best["version"], "mape": best["metrics"]["mape"],
-                         "held_out": best["test"]}
+    summary.predictor = {"kind": best["kind"], "version": best["version"], "revision": best["revision"],
+                         "mape": best["metrics"]["mape"], "held_out": best["test"]}
 
 
 # -- 4. search --------------------------------------------------------------------------------------------
 
-def _budget(database: Database, space: SearchSpace, predictor: dict[str, Any], fraction: float) -> dict[str, Any]:
+def _budget(database: Database, spec: SearchSpec, predictor: dict[str, Any], fraction: float) -> dict[str, Any]:
     """The budget between the predicted latencies of the space's smallest and largest subnets."""
+    from hwnas.jobs import job_provenance
     from hwnas.latency import load_predictor
+    from hwnas.search_spaces import get_space
 
-    model, _ = load_predictor(database, device=DEVICE, kind=predictor["kind"], version=predictor["version"])
+    space = get_space(spec.space)
+    model, _ = load_predictor(database, job_provenance(database, spec), kind=predictor["kind"],
+                              version=predictor["version"])
     smallest_ms, largest_ms = (float(v) for v in model.predict([space.smallest(), space.largest()]))
     budget_ms = smallest_ms + fraction * (largest_ms - smallest_ms)
     return {"budget_ms": round(budget_ms, 3), "fraction": fraction, "basis": f"{predictor['kind']} predictor",
@@ -300,17 +304,17 @@ def _search(summary: Summary, database: Database, space: SearchSpace, sizes: Siz
     from hwnas.search import strategy_options
 
     predictor = summary.predictor or {}
-    budget = summary.budget = _budget(database, space, predictor, sizes.budget_fraction)
-    console.print(f"budget {budget['budget_ms']:.2f} ms = predicted smallest {budget['smallest_predicted_ms']:.2f} + "
-                  f"{sizes.budget_fraction:g} x (predicted largest {budget['largest_predicted_ms']:.2f} - "
-                  f"{budget['smallest_predicted_ms']:.2f}) ms, by the {budget['basis']}")
-    spec = SearchSpec(space=SPACE, device=DEVICE, latency_ms=budget["budget_ms"], strategy="evo", seed=SEED,
+    spec = SearchSpec(space=SPACE, device=DEVICE, latency_ms=1.0, strategy="evo", seed=SEED,
                       supernet=str(summary.checkpoint),
                       options=strategy_options("evo", population=sizes.population, generations=sizes.generations),
                       fitness=FitnessConfig(valid_sentences=VALID_SENTENCES), workers=sizes.workers, verify=True,
                       tuning_dir=summary.tuning_dir, predictor_kind=predictor.get("kind"),
                       predictor_version=predictor.get("version"))
-    summary.job_id = create_job(database, spec)
+    budget = summary.budget = _budget(database, spec, predictor, sizes.budget_fraction)
+    console.print(f"budget {budget['budget_ms']:.2f} ms = predicted smallest {budget['smallest_predicted_ms']:.2f} + "
+                  f"{sizes.budget_fraction:g} x (predicted largest {budget['largest_predicted_ms']:.2f} - "
+                  f"{budget['smallest_predicted_ms']:.2f}) ms, by the {budget['basis']}")
+    summary.job_id = create_job(database, dataclasses.replace(spec, latency_ms=budget["budget_ms"]))
     with JobBars() as bars:
         run_job(database, summary.job_id, on_progress=bars)
     show_job(database, summary.job_id, None)  # status, the verified front, and the Pareto plot

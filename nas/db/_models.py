@@ -22,8 +22,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["ApiToken", "Base", "Candidate", "Device", "Export", "Generation", "Measurement", "ParetoMember",
-           "Predictor", "SearchJob", "Supernet", "UTCDateTime", "User"]
+__all__ = ["ApiToken", "Base", "Candidate", "Device", "DeviceRevision", "Export", "Generation", "Measurement",
+           "ParetoMember", "Predictor", "SearchJob", "Supernet", "UTCDateTime", "User"]
 
 
 def utcnow() -> dt.datetime:
@@ -70,7 +70,7 @@ class Device(Base):
     location: Mapped[str] = mapped_column(String(16))
     tracker: Mapped[str | None] = mapped_column(String(256))
     rpc_key: Mapped[str | None] = mapped_column(String(128))
-    fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)
+    fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)  # the newest probed (see device_revisions)
     protocol: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -78,15 +78,38 @@ class Device(Base):
                                                            passive_deletes=True)
 
 
-class Measurement(Base):
-    """Raw timings of one subnet on one device under one protocol and tuning database (or the error)."""
+class DeviceRevision(Base):
+    """One hardware/software state of a device: what its measurements and predictors were taken on.
 
-    __tablename__ = "measurements"
-    __table_args__ = (UniqueConstraint("device_id", "space", "subnet_key", "protocol_key", "tuning_key",
-                                       name="uq_measurement_identity"),)
+    A revision is its fingerprint's latency-relevant fields (`fingerprint_key`); a device probed with
+    fields that differ begins a new revision, and one that matches an older revision again (a machine
+    pool alternating CPUs) is that revision again: its measurements were taken on the same thing.
+    """
+
+    __tablename__ = "device_revisions"
+    __table_args__ = (UniqueConstraint("device_id", "number", name="uq_revision_number"),
+                      UniqueConstraint("device_id", "fingerprint_key", name="uq_revision_fingerprint"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per device
+    fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)  # the whole probe that began it
+    fingerprint_key: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Measurement(Base):
+    """Raw timings of one subnet on one device revision, of one model, under one protocol and tuning database
+    (or the error)."""
+
+    __tablename__ = "measurements"
+    __table_args__ = (UniqueConstraint("device_id", "revision_id", "space", "model_key", "subnet_key", "protocol_key",
+                                       "tuning_key", name="uq_measurement_identity"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("device_revisions.id", ondelete="CASCADE"), index=True)
+    model_key: Mapped[str] = mapped_column(String(64), default="")  # '' = not recorded
     space: Mapped[str] = mapped_column(String(128))
     subnet_key: Mapped[str] = mapped_column(String(16))
     subnet: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -106,13 +129,18 @@ class Measurement(Base):
 
 
 class Predictor(Base):
-    """A trained latency predictor, versioned per (device, kind), with what it was trained on."""
+    """A trained latency predictor, versioned per (device, kind), with what it was trained on: the device
+    revision, space, model, protocol and tuning database of its measurements (its provenance)."""
 
     __tablename__ = "predictors"
     __table_args__ = (UniqueConstraint("device_id", "kind", "version", name="uq_predictor_version"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    revision_id: Mapped[int] = mapped_column(ForeignKey("device_revisions.id", ondelete="CASCADE"), index=True)
+    model_key: Mapped[str] = mapped_column(String(64), default="")  # '' = not recorded
+    protocol_key: Mapped[str] = mapped_column(String(16), default="")
+    tuning_key: Mapped[str] = mapped_column(String(64), default="")
     kind: Mapped[str] = mapped_column(String(32))
     version: Mapped[int] = mapped_column(Integer)
     space: Mapped[str] = mapped_column(String(128))

@@ -94,6 +94,8 @@ class LatencyCertificate:
     # Under a reference protocol: the reference subnet's latency in the same session, i.e. how fast the
     # device ran at the time (compare it with other certificates' to tell a slow machine from a slow model).
     reference_ms: float | None = None
+    revision: int | None = None  # the device revision it was measured on (None: before revisions were kept)
+    model_key: str = ""  # the model the subnet was cut from (latency_model_key)
 
     def __post_init__(self) -> None:
         if not self.encoder_ms or not self.decoder_step_ms:
@@ -125,7 +127,8 @@ class LatencyCertificate:
                    target=json.loads(json.dumps(device.target)), runtime=device.runtime,
                    protocol=record.protocol.to_dict(), subnet=record.subnet.to_dict(),
                    tuning_key=record.tuning_key, encoder_ms=tuple(map(float, result.encoder_ms)),
-                   decoder_step_ms=tuple(map(float, result.decoder_step_ms)), reference_ms=record.reference_ms)
+                   decoder_step_ms=tuple(map(float, result.decoder_step_ms)), reference_ms=record.reference_ms,
+                   revision=record.revision, model_key=record.model_key)
 
     @property
     def decode_steps(self) -> int:
@@ -185,7 +188,7 @@ class LatencyCertificate:
         Raises:
             ExportError: Missing or malformed fields, or derived figures that disagree with the raw runs.
         """
-        optional = {"reference_ms"}  # certificates written before it existed lack it
+        optional = {"reference_ms", "revision", "model_key"}  # certificates written before they existed lack them
         names = [f.name for f in dataclasses.fields(cls)]
         try:
             missing = [n for n in names if n not in data and n not in optional]

@@ -19,14 +19,15 @@ from hwnas.jobs._export import export_candidate, export_dir, run_export
 from hwnas.jobs._launch import Launcher, RayLauncher, reconcile
 from hwnas.jobs._lease import JobBusyError, JobCancelled, lease_free, runner_id
 from hwnas.jobs._pipeline import (
+    LatencyPrediction,
     choose_predictor,
     default_vocab_size,
     fit_predictors,
     measure_subnets,
+    predict_latency,
     train_supernet,
     tune_kernels,
     tuning_records,
-    tuning_to_use,
 )
 from hwnas.jobs._plot import plot_front
 from hwnas.jobs._run import run_job
@@ -41,6 +42,7 @@ from hwnas.jobs._spec import (
     FitnessMetric,
     JobProgress,
     JobStatus,
+    PredictorPin,
     ProgressCallback,
     SearchSpec,
 )
@@ -55,7 +57,10 @@ from hwnas.jobs._store import (
     front,
     front_candidates,
     get_job,
+    job_model_config,
+    job_provenance,
     list_jobs,
+    tuning_to_use,
 )
 from hwnas.jobs._supernets import SupernetInfo, get_supernet, list_supernets, register_supernet
 
@@ -75,8 +80,10 @@ __all__ = [
     "JobInfo",
     "JobProgress",
     "JobStatus",
+    "LatencyPrediction",
     "Launcher",
     "LocalEvaluator",
+    "PredictorPin",
     "ProgressCallback",
     "RayEvaluator",
     "RayLauncher",
@@ -95,12 +102,15 @@ __all__ = [
     "front",
     "front_candidates",
     "get_job",
+    "job_model_config",
+    "job_provenance",
     "get_supernet",
     "init_ray",
     "lease_free",
     "list_jobs",
     "list_supernets",
     "measure_subnets",
+    "predict_latency",
     "plot_front",
     "reconcile",
     "register_supernet",

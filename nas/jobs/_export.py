@@ -15,8 +15,8 @@ from hwnas.db import Candidate, Database, Export
 from hwnas.exceptions import HwnasError, NotFoundError
 from hwnas.export import LatencyCertificate, export_bundle
 from hwnas.jobs._spec import ExportStatus
-from hwnas.jobs._store import get_job
-from hwnas.latency import DeviceRegistry, SQLMeasurementStore, measure, protocol_for, tuning_key
+from hwnas.jobs._store import get_job, job_provenance
+from hwnas.latency import DeviceRegistry, SQLMeasurementStore, measure
 from hwnas.search_spaces import SubnetConfig, get_space
 from hwnas.settings import Settings
 from hwnas.supernet import load_supernet
@@ -41,9 +41,10 @@ def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, 
         subnet = SubnetConfig.from_dict(row.subnet)
     device, space = DeviceRegistry(db).get(spec.device), get_space(spec.space)
     supernet = load_supernet(spec.supernet)
-    store, protocol, tkey = SQLMeasurementStore(db), protocol_for(device, space), tuning_key(spec.tuning_dir)
-    found = [r for r in store.records(device=device.name, space=space.name, protocol_key=protocol.key(),
-                                      tuning_key=tkey) if r.subnet == subnet and r.result.ok]
+    store, prov = SQLMeasurementStore(db), job_provenance(db, spec)
+    found = [r for r in store.records(device=device.name, space=space.name, revision=prov.revision,
+                                      model_key=prov.model_key, protocol_key=prov.protocol_key,
+                                      tuning_key=prov.tuning_key) if r.subnet == subnet and r.result.ok]
     if not found:
         rec = measure(device=device, space=space, model_config=supernet.model.mc, subnets=[subnet],
                       tuning_dir=spec.tuning_dir)[0]

@@ -10,7 +10,7 @@ from typing import Any, Literal, get_args
 from hwnas.exceptions import SearchError
 
 __all__ = ["ACTIVE", "JOB_STATUSES", "RESUMABLE", "TERMINAL", "ExportStatus", "FitnessConfig", "FitnessMetric",
-           "JobProgress", "JobStatus", "ProgressCallback", "SearchSpec"]
+           "JobProgress", "JobStatus", "PredictorPin", "ProgressCallback", "SearchSpec"]
 
 # The one status vocabulary: the table's values, the API's schema and the dashboard's filter all read it.
 JobStatus = Literal["queued", "running", "verifying", "finished", "failed", "cancelled", "interrupted"]
@@ -46,6 +46,16 @@ class FitnessConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PredictorPin:
+    """The predictor a job uses for one of its extra budgets, fixed when the job is created (with the tuning
+    database it was looked up under), so a resume predicts as the first run did."""
+
+    kind: str
+    version: int
+    tuning_dir: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchSpec:
     """Everything that defines a search; stored with the job, so a resumed job runs the same search.
 
@@ -64,10 +74,12 @@ class SearchSpec:
     predictor_kind: str | None = None  # pinned to the newest (kind, version) when the job is created
     predictor_version: int | None = None
     extra_constraints: tuple[tuple[str, float], ...] = ()  # more (device, budget ms), checked by their predictors
+    extra_predictors: tuple[PredictorPin, ...] = ()  # one per extra constraint, pinned by create_job
     workers: int = 1
     verify: bool = True  # measure the final front on the device
     tuning_dir: str | None = None
     supernet_id: int | None = None  # the supernets table's row; None with a path: unregistered checkpoint
+    revision: int | None = None  # the device revision the job was created for (its predictor's)
 
     def __post_init__(self) -> None:
         for dev, ms in ((self.device, self.latency_ms), *self.extra_constraints):
@@ -75,6 +87,9 @@ class SearchSpec:
                 raise SearchError(f"latency budget on '{dev}' must be a positive number of ms, got {ms}")
         if self.workers < 0:
             raise SearchError(f"workers must be >= 0, got {self.workers}")
+        if self.extra_predictors and len(self.extra_predictors) != len(self.extra_constraints):
+            raise SearchError(f"{len(self.extra_predictors)} pinned predictors for {len(self.extra_constraints)} "
+                              f"extra constraints")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -86,6 +101,7 @@ class SearchSpec:
         d = dict(d)
         d["fitness"] = FitnessConfig(**d.get("fitness", {}))
         d["extra_constraints"] = tuple((str(a), float(b)) for a, b in d.get("extra_constraints", ()))
+        d["extra_predictors"] = tuple(PredictorPin(**p) for p in d.get("extra_predictors", ()))
         return cls(**d)
 
 

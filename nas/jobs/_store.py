@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import func, select
@@ -14,15 +14,17 @@ from sqlalchemy import func, select
 from hwnas.db import Candidate, Database, ParetoMember, SearchJob
 from hwnas.exceptions import InfeasibleConstraintError, NotFoundError, SearchError
 from hwnas.jobs._lease import now
-from hwnas.jobs._spec import TERMINAL, JobStatus, SearchSpec
+from hwnas.jobs._spec import TERMINAL, JobStatus, PredictorPin, SearchSpec
 from hwnas.jobs._supernets import get_supernet, register_supernet
-from hwnas.latency import DeviceRegistry, load_predictor
+from hwnas.kernels import TUNING_RECORDS
+from hwnas.latency import DeviceProfile, DeviceRegistry, LatencyPredictor, Provenance, load_predictor
 from hwnas.search import LatencyConstraint, Problem, create_strategy, pareto_mask
 from hwnas.search_spaces import SubnetConfig, get_space
-from hwnas.supernet import read_checkpoint
+from hwnas.settings import Settings
+from hwnas.supernet import ModelConfig, read_checkpoint
 
 __all__ = ["CandidateRow", "FrontMember", "JobInfo", "cancel_job", "candidates", "count_jobs", "create_job", "front",
-           "front_candidates", "get_job", "list_jobs"]
+           "front_candidates", "get_job", "job_model_config", "job_provenance", "list_jobs", "tuning_to_use"]
 
 OBJECTIVES = ("loss", "predicted_latency_ms", "params", "flops")  # the front's axes, all minimised
 
@@ -77,14 +79,44 @@ def _info(j: SearchJob) -> JobInfo:
 
 # ----------------------------------------------------------------------------------------------- jobs in the db
 
+def job_model_config(spec: SearchSpec) -> ModelConfig:
+    """The model the job's subnets are cut from: its supernet checkpoint's."""
+    return ModelConfig(**read_checkpoint(spec.supernet)["model_config"])
+
+
+def job_provenance(db: Database, spec: SearchSpec, device: str | None = None,
+                   tuning_dir: str | None = None) -> Provenance:
+    """What the job's latencies on `device` (default: its main device) belong to, as that device is now."""
+    registry = DeviceRegistry(db)
+    return registry.provenance(registry.get(device or spec.device), get_space(spec.space), job_model_config(spec),
+                               spec.tuning_dir if device is None else tuning_dir)
+
+
+def _predictors(db: Database, spec: SearchSpec) -> list[tuple[LatencyPredictor, dict[str, Any]]]:
+    """The predictor of each budget: the main device's, then each extra's, pinned when the spec pins them."""
+    out = [load_predictor(db, job_provenance(db, spec), kind=spec.predictor_kind, version=spec.predictor_version)]
+    pins: Sequence[PredictorPin | None] = spec.extra_predictors or [None] * len(spec.extra_constraints)
+    for (dev, _), pin in zip(spec.extra_constraints, pins, strict=True):
+        tdir = pin.tuning_dir if pin else tuning_to_use(DeviceRegistry(db).get(dev), spec.space)
+        out.append(load_predictor(db, job_provenance(db, spec, dev, tdir), kind=pin.kind if pin else None,
+                                  version=pin.version if pin else None))
+    return out
+
+
 def constraints(db: Database, spec: SearchSpec) -> tuple[LatencyConstraint, ...]:
-    """The spec's latency budgets, each behind its device's predictor (the main one pinned by the spec)."""
-    main, _ = load_predictor(db, device=spec.device, kind=spec.predictor_kind, version=spec.predictor_version)
-    out = [LatencyConstraint(spec.device, spec.latency_ms, main.predict)]
-    for dev, ms in spec.extra_constraints:
-        pred, _ = load_predictor(db, device=dev)
-        out.append(LatencyConstraint(dev, ms, pred.predict))
-    return tuple(out)
+    """The spec's latency budgets, each behind the predictor of its device's provenance (pinned by the spec)."""
+    budgets = [(spec.device, spec.latency_ms), *spec.extra_constraints]
+    return tuple(LatencyConstraint(dev, ms, pred.predict)
+                 for (dev, ms), (pred, _) in zip(budgets, _predictors(db, spec), strict=True))
+
+
+def tuning_to_use(device: DeviceProfile, space: str, *, untuned: bool = False,
+                  settings: Settings | None = None) -> str | None:
+    """The device's tuning database for the space, if it has one and it applies (TVM runtime)."""
+    tdir = (settings or Settings()).tuning_dir(device.name, space)
+    if untuned or device.runtime != "tvm" or not (tdir / TUNING_RECORDS).exists():
+        return None
+    return str(tdir)
 
 
 def create_job(db: Database, spec: SearchSpec, *, owner: str | None = None) -> int:
@@ -95,7 +127,6 @@ def create_job(db: Database, spec: SearchSpec, *, owner: str | None = None) -> i
     """
     space = get_space(spec.space)
     DeviceRegistry(db).get(spec.device)
-    _, info = load_predictor(db, device=spec.device, kind=spec.predictor_kind, version=spec.predictor_version)
     # a checkpoint named by path is registered (once the spec is valid); else the registry names it
     if spec.supernet:
         path, trained_on = str(Path(spec.supernet).resolve()), read_checkpoint(spec.supernet)["space"]["name"]
@@ -104,8 +135,14 @@ def create_job(db: Database, spec: SearchSpec, *, owner: str | None = None) -> i
         path, trained_on = net.path, net.space
     if trained_on != space.name:
         raise SearchError(f"supernet '{path}' was trained on space '{trained_on}', not '{space.name}'")
-    spec = dataclasses.replace(spec, predictor_kind=info["kind"], predictor_version=info["version"])
-    problem = Problem(space, constraints(db, spec))
+    # the predictors of this provenance (device revision, space, the checkpoint's model, tuning), pinned
+    (_, info), *extras = _predictors(db, dataclasses.replace(spec, supernet=path))
+    pins = tuple(PredictorPin(i["kind"], i["version"], p.tuning_dir if p else tuning_to_use(
+        DeviceRegistry(db).get(dev), space.name)) for (dev, _), (_, i), p in zip(
+        spec.extra_constraints, extras, spec.extra_predictors or [None] * len(extras), strict=True))
+    spec = dataclasses.replace(spec, predictor_kind=info["kind"], predictor_version=info["version"],
+                               revision=info["revision"], extra_predictors=pins)
+    problem = Problem(space, constraints(db, dataclasses.replace(spec, supernet=path)))
     try:
         strategy = create_strategy(spec.strategy, problem, seed=spec.seed, **spec.options)
     except ValueError as e:  # unknown strategy or options: the spec's fault, told as one line

@@ -6,13 +6,12 @@ from collections.abc import Sequence
 
 from sqlalchemy import select
 
-from hwnas.db import Database, Device, Measurement, ParetoMember
+from hwnas.db import Database, Device, DeviceRevision, Measurement, ParetoMember
 from hwnas.jobs._lease import heartbeat
 from hwnas.jobs._spec import JobProgress, ProgressCallback, SearchSpec
-from hwnas.jobs._store import CandidateRow, candidates, front_candidates
-from hwnas.latency import DeviceRegistry, SQLMeasurementStore, measure, protocol_for, tuning_key
+from hwnas.jobs._store import CandidateRow, candidates, front_candidates, job_model_config, job_provenance
+from hwnas.latency import DeviceRegistry, Provenance, SQLMeasurementStore, measure
 from hwnas.search_spaces import get_space
-from hwnas.supernet import ModelConfig, read_checkpoint
 
 __all__ = ["store_front", "verify_front"]
 
@@ -20,14 +19,15 @@ Measured = dict[str, tuple[int, float | None, str | None]]  # subnet key -> (mea
 
 
 def verify_front(db: Database, job_id: int, spec: SearchSpec, report: ProgressCallback) -> None:
-    """Measure every front member on the device (re-using stored measurements of the same protocol)."""
+    """Measure every front member on the device (re-using stored measurements of the same provenance: device
+    revision, model, protocol, tuning database)."""
     members = front_candidates(candidates(db, job_id), spec.latency_ms)
     device, space = DeviceRegistry(db).get(spec.device), get_space(spec.space)
-    protocol, tkey = protocol_for(device, space), tuning_key(spec.tuning_dir)
-    measured = _measurements(db, spec.device, space.name, protocol.key(), tkey)
+    prov = job_provenance(db, spec)
+    measured = _measurements(db, prov)
     todo = [m.subnet for m in members if m.subnet.key() not in measured]
     if todo:
-        mc = ModelConfig(**read_checkpoint(spec.supernet)["model_config"])
+        mc = job_model_config(spec)
         store = SQLMeasurementStore(db)
         title = f"measure the front on {device.name}"
         report(JobProgress(job_id, "verify", 0, len(todo), title))
@@ -37,16 +37,19 @@ def verify_front(db: Database, job_id: int, spec: SearchSpec, report: ProgressCa
                 store.add(rec)
             heartbeat(db, job_id)  # a front measurement takes seconds to a minute: keep the lease
             report(JobProgress(job_id, "verify", done, len(todo), title))
-        measured = _measurements(db, spec.device, space.name, protocol.key(), tkey)
+        measured = _measurements(db, prov)
     store_front(db, job_id, spec, measured, members)
 
 
-def _measurements(db: Database, device: str, space: str, protocol_key: str, tkey: str) -> Measured:
+def _measurements(db: Database, prov: Provenance) -> Measured:
     with db.session() as s:
         rows = s.execute(select(Measurement.subnet_key, Measurement.id, Measurement.latency_ms, Measurement.error)
-                         .join(Device).where(Device.name == device, Measurement.space == space,
-                                             Measurement.protocol_key == protocol_key,
-                                             Measurement.tuning_key == tkey)).all()
+                         .join(Device, Measurement.device_id == Device.id)
+                         .join(DeviceRevision, Measurement.revision_id == DeviceRevision.id)
+                         .where(Device.name == prov.device, DeviceRevision.number == prov.revision,
+                                Measurement.space == prov.space, Measurement.model_key == prov.model_key,
+                                Measurement.protocol_key == prov.protocol_key,
+                                Measurement.tuning_key == prov.tuning_key)).all()
     return {k: (i, lat, err) for k, i, lat, err in rows}
 
 

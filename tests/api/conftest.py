@@ -19,10 +19,11 @@ from fastapi.testclient import TestClient
 from hwnas.api import create_app, create_token, create_user
 from hwnas.db import Database
 from hwnas.jobs import Launcher, register_supernet
-from hwnas.latency import Sample, builtin_device, create_predictor, save_predictor
+from hwnas.latency import Sample, create_predictor
 from hwnas.search_spaces import get_space
 from hwnas.settings import Settings
 from hwnas.supernet import DataSpec, TrainConfig, train_supernet
+from tests.conftest import store_stand_in_predictor
 from tests.latency.test_predictors import stand_in_latency
 
 DEVICE = "local-cpu-torch"  # real measurements without a compile step: a verified front fits in a test
@@ -73,8 +74,8 @@ def ready_for_jobs(db: Database, home: Path) -> float:
     subnets = [space.sample(rng) for _ in range(60)]
     pred = create_predictor("layerwise", space, space.source_length_tokens).fit(
         [Sample(c, *stand_in_latency(c), space.source_length_tokens) for c in subnets])
-    save_predictor(db, device=builtin_device(DEVICE), predictor=pred, metrics={"mape": 0.05, "within_10pct": 0.9},
-                   data_key="stand-in")
+    store_stand_in_predictor(db, DEVICE, space, service_checkpoint(home), pred,
+                             metrics={"mape": 0.05, "within_10pct": 0.9})
     return float(np.median(pred.predict(subnets)))
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from hwnas.search_spaces import get_space
 from tests.cli.test_cli import assert_clean_error, hwnas
 from tests.conftest import TINY_SPACE_DICT
 
@@ -62,14 +64,37 @@ def test_collect_resumes_and_train_reports(home: Path, space_file: Path) -> None
     assert "14 measured, 0 failed, 0 already" in r.stdout
     again = hwnas("latency", "collect", *common, "-n", "14", "--vocab-size", "97", home=home)
     assert "0 measured, 0 failed, 14 already in the database" in again.stdout
-    trained = hwnas("latency", "train", *common, "--kinds", "layerwise", home=home)
+    trained = hwnas("latency", "train", *common, "--kinds", "layerwise", "--vocab-size", "97", home=home)
     assert trained.returncode == 0, trained.stderr
-    assert "layerwise" in trained.stdout and "11/3" in trained.stdout
+    assert "layerwise" in trained.stdout and "11/3" in trained.stdout and "revision 1" in trained.stdout
     shown = json.loads(hwnas("devices", "show", "local-cpu-torch", home=home).stdout)
     assert shown["measurements"]["ok"]["count"] == 14 and shown["predictors"][0]["version"] == 1
+    assert shown["current_revision"] == 1 and shown["predictors"][0]["revision"] == 1
+    (rev,) = shown["revisions"]
+    assert (rev["measurements"], rev["predictors"], rev["current"]) == (14, 1, True)
+    assert rev["fingerprint"]["cores"] == shown["fingerprint"]["cores"]
+    predicted = hwnas("latency", "predict", *common, "--subnet", "largest", "--vocab-size", "97", home=home)
+    assert predicted.returncode == 0, predicted.stderr
+    assert re.search(r"[\d.]+ ms \+- [\d.]+ ms \(held-out MAPE [\d.]+%.* on local-cpu-torch rev 1, space "
+                     r"tiny-test-space: layerwise predictor v1", predicted.stdout.replace("\n", " ")), predicted.stdout
+    # bad input: one line each, naming what is there
+    outside = space_file.parent / "outside.json"
+    outside.write_text(json.dumps({**get_space("quickstart").largest().to_dict()}))
+    for args, fragment in (
+            (["--revision", "7"], "device 'local-cpu-torch' has no revision 7 (revisions: 1:"),
+            (["--vocab-size", "4000"], "no latency predictor for local-cpu-torch rev 1 on space 'tiny-test-space' "
+                                       "(vocab=4000,qkv=16"),
+            (["--subnet", str(outside)], f"subnet file '{outside}': ")):
+        base = {"--subnet": "largest", "--vocab-size": "97", **dict(zip(args[::2], args[1::2], strict=True))}
+        r = hwnas("latency", "predict", *common, *[x for kv in base.items() for x in kv], home=home)
+        assert_clean_error(r, fragment)
+    assert_clean_error(hwnas("latency", "predict", "--device", "local-cpu-torch", "--space", "quickstart", home=home),
+                       "no latency predictor for local-cpu-torch rev 1 on space 'quickstart' (vocab=4000,qkv=128, "
+                       "protocol ")
 
 
 def test_unknown_device_and_empty_training_set(home: Path) -> None:
     assert_clean_error(hwnas("latency", "collect", "--device", "nope", "-n", "1", home=home),
                        "unknown device 'nope'")
-    assert_clean_error(hwnas("latency", "train", "--device", "local-cpu", home=home), "0 usable measurements")
+    assert_clean_error(hwnas("latency", "train", "--device", "local-cpu", home=home),
+                       "nothing was measured on device 'local-cpu' yet")

@@ -19,6 +19,17 @@ from tests.conftest import TINY_SPACE_DICT
 DEVICE = ["--device", "local-cpu-torch"]
 
 
+def _predicted_ms(home: Path, space: Path, subnet: str) -> float:
+    """`hwnas latency predict --json`: the figure, with the predictor and revision it came from."""
+    r = hwnas("latency", "predict", *DEVICE, "--space", str(space), "--subnet", subnet, "--vocab-size", "300",
+              "--json", home=home)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["kind"], out["revision"], out["device"]) == ("layerwise", 1, "local-cpu-torch")
+    assert out["model_key"] == "vocab=300,qkv=16" and 0 <= out["error_ms"] < out["latency_ms"]
+    return float(out["latency_ms"])
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory, bible_dir: Path) -> tuple[Path, Path, Path, float]:
     """(home, space file, checkpoint, budget): a tiny supernet, 14 measured subnets and a trained predictor."""
@@ -31,15 +42,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory, bible_dir: Path) -> tuple[Pa
     common = [*DEVICE, "--space", str(space)]
     r = hwnas("latency", "collect", *common, "-n", "14", "--vocab-size", "300", home=home)
     assert r.returncode == 0, r.stderr
-    r = hwnas("latency", "train", *common, "--kinds", "layerwise", home=home)
+    r = hwnas("latency", "train", *common, "--kinds", "layerwise", "--vocab-size", "300", home=home)
     assert r.returncode == 0, r.stderr
-    from hwnas.db import Database
-    from hwnas.latency import load_predictor
-    from hwnas.search_spaces import SearchSpace
-
-    tiny = SearchSpace.from_dict(TINY_SPACE_DICT)
-    pred, _ = load_predictor(Database(f"sqlite:///{home / 'hwnas.db'}"), device="local-cpu-torch")
-    fast, slow = pred.predict([tiny.smallest(), tiny.largest()])
+    fast, slow = (_predicted_ms(home, space, which) for which in ("smallest", "largest"))
     return home, space, root / "run" / "checkpoint.pt", float((fast + slow) / 2)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, inspect, select, text
 
-from hwnas.db import Base, Database, Device, Measurement, Predictor, resolve_url, upgrade
+from hwnas.db import Base, Database, Device, DeviceRevision, Measurement, Predictor, resolve_url, upgrade
 from hwnas.exceptions import DuplicateError, HwnasError, MeasurementError, NotFoundError, StorageError
 from hwnas.latency import DeviceProfile, DeviceRegistry, MeasureConfig
 
@@ -41,8 +41,17 @@ def _registered(db: Database) -> list[str]:
     return [d.name for d in DeviceRegistry(db).list() if d.name not in BUILT_IN]
 
 
-def _measurement(device_id: int, subnet_key: str = "0123456789abcdef") -> Measurement:
-    return Measurement(device_id=device_id, space="quickstart", subnet_key=subnet_key, subnet={"encoder_layer_num": 3},
+def _revision(db: Database, device_id: int) -> int:
+    """A revision row of the device (what the registry makes when it first measures there)."""
+    with db.session() as s:
+        row = DeviceRevision(device_id=device_id, number=1, fingerprint={"cores": 2}, fingerprint_key="k")
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def _measurement(device_id: int, revision_id: int, subnet_key: str = "0123456789abcdef") -> Measurement:
+    return Measurement(device_id=device_id, revision_id=revision_id, space="quickstart", subnet_key=subnet_key, subnet={"encoder_layer_num": 3},
                        protocol=PROTOCOL, protocol_key="p1", tuning_key="", status="ok",
                        encoder_ms=[1.0, 1.1], decoder_step_ms=[0.2, 0.21], latency_ms=7.3, latency_cv=0.02)
 
@@ -115,16 +124,17 @@ def test_a_failed_transaction_writes_nothing(db: Database) -> None:
 
 def test_unique_measurement_is_a_storage_error_and_the_session_recovers(db: Database) -> None:
     dev_id = _id(db, _add(db).name)
+    rev_id = _revision(db, dev_id)
     with db.session() as s:
-        s.add(_measurement(dev_id))
+        s.add(_measurement(dev_id, rev_id))
     with pytest.raises(StorageError, match="database") as info, db.session() as s:
-        s.add(_measurement(dev_id, subnet_key="fedcba9876543210"))  # new, but rolled back with the duplicate
+        s.add(_measurement(dev_id, rev_id, subnet_key="fedcba9876543210"))  # new, but rolled back with the duplicate
         s.flush()
-        s.add(_measurement(dev_id))  # same (device, space, subnet, protocol, tuning): measured once
+        s.add(_measurement(dev_id, rev_id))  # same (device revision, space, model, subnet, protocol, tuning): once
     assert "\n" not in str(info.value)
     with db.session() as s:  # the database is still usable, and holds the first row only
         assert s.scalar(select(func.count()).select_from(Measurement)) == 1
-        s.add(_measurement(dev_id, subnet_key="fedcba9876543210"))
+        s.add(_measurement(dev_id, rev_id, subnet_key="fedcba9876543210"))
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Measurement)) == 2
 
@@ -163,15 +173,17 @@ def test_device_lifecycle(db: Database) -> None:
         cpu.name = "other"  # type: ignore[misc]
 
     cpu_id = _id(db, "epyc")
-    with db.session() as s:  # removing a device removes what was measured and trained on it
-        s.add(_measurement(cpu_id))
-        s.add(Predictor(device_id=cpu_id, kind="hat-mlp", version=1, space="quickstart", blob=b"\x00\x01",
+    rev_id = _revision(db, cpu_id)
+    with db.session() as s:  # removing a device removes its revisions, what was measured and trained on it
+        s.add(_measurement(cpu_id, rev_id))
+        s.add(Predictor(device_id=cpu_id, revision_id=rev_id, kind="hat-mlp", version=1, space="quickstart", blob=b"\x00\x01",
                         metrics={"rmse_ms": 0.1}, fingerprint={}, training_data_key="k"))
     reg.remove("epyc")
     assert _registered(db) == ["rpi4"]
     with db.session() as s:
         assert s.scalar(select(func.count()).select_from(Measurement)) == 0
         assert s.scalar(select(func.count()).select_from(Predictor)) == 0
+        assert s.scalar(select(func.count()).select_from(DeviceRevision)) == 0
 
 
 def test_duplicate_and_unknown_devices(db: Database) -> None:

@@ -29,10 +29,11 @@ from hwnas.jobs import (
     list_supernets,
     run_job,
 )
-from hwnas.latency import Sample, builtin_device, create_predictor, save_predictor
+from hwnas.latency import Sample, create_predictor
 from hwnas.search import pareto_mask
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import DataSpec, TrainConfig, train_supernet
+from tests.conftest import store_stand_in_predictor
 from tests.latency.test_predictors import stand_in_latency
 
 DEVICE = "local-cpu-torch"  # real measurements without a compile step, so verification fits in a test
@@ -56,7 +57,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_space: SearchSpace
 
 
 @pytest.fixture()
-def budget_ms(db: Database, tiny_space: SearchSpace) -> float:
+def budget_ms(db: Database, tiny_space: SearchSpace, checkpoint: Path) -> float:
     """Stores a layerwise predictor fitted to stand-in timings (test data, named so) for DEVICE; returns a budget
     that about half of the space meets."""
     rng = np.random.default_rng(0)
@@ -64,7 +65,7 @@ def budget_ms(db: Database, tiny_space: SearchSpace) -> float:
     subnets = [tiny_space.sample(rng) for _ in range(40)]
     stand_in_samples = [Sample(c, *stand_in_latency(c), steps) for c in subnets]
     pred = create_predictor("layerwise", tiny_space, steps).fit(stand_in_samples)
-    save_predictor(db, device=builtin_device(DEVICE), predictor=pred, metrics={}, data_key="stand-in")
+    store_stand_in_predictor(db, DEVICE, tiny_space, checkpoint, pred)
     return float(np.median(pred.predict(subnets)))
 
 
