@@ -39,12 +39,16 @@ class JobCreate(_In):
     valid_sentences: int | None = Field(None, ge=1, le=100_000)
     also: list[ConstraintIn] = Field(default_factory=list, max_length=8, description="More (device, budget) pairs")
     verify: bool = Field(True, description="Measure the final front on the device")
+    verified_members: int | None = Field(None, ge=1, le=100, description="Front members that must meet the budget "
+                                         "when measured; default: the predicted front's size, at least 5")
 
 
 class JobOut(BaseModel):
     id: int
     status: JobStatus
     error: str | None
+    note: str | None = Field(None, description="How verification ended: how many front members met the budget "
+                                               "when measured")
     space: str
     device: str
     latency_ms: float
@@ -67,7 +71,7 @@ class JobOut(BaseModel):
         spec = j.spec.to_dict()
         spec.pop("supernet", None)  # a server path: not the user's business
         spec.pop("tuning_dir", None)
-        return cls(id=j.id, status=j.status, error=j.error, space=j.spec.space, device=j.spec.device,
+        return cls(id=j.id, status=j.status, error=j.error, note=j.note, space=j.spec.space, device=j.spec.device,
                    latency_ms=j.spec.latency_ms, strategy=j.spec.strategy, generation=j.generation,
                    generations_total=j.generations_total,
                    progress=min(1.0, j.generation / j.generations_total) if j.generations_total else 0.0,

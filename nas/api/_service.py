@@ -70,7 +70,7 @@ def spec_of(db: Database, body: JobCreate) -> SearchSpec:
                                                generations=body.generations),
                       fitness=FitnessConfig(metric=body.fitness, valid_sentences=body.valid_sentences),
                       extra_constraints=tuple((c.device, c.latency_ms) for c in body.also), workers=body.workers,
-                      verify=body.verify,
+                      verify=body.verify, verified_members=body.verified_members,
                       tuning_dir=tuning_to_use(DeviceRegistry(db).get(body.device), body.space))
 
 

@@ -42,6 +42,9 @@ def search_run(
     also: Annotated[list[str] | None, typer.Option("--also", help="Another constraint, DEVICE:MS (repeatable)")] =
         None,
     verify: Annotated[bool, typer.Option(help="Measure the final front on the device")] = True,
+    verified_members: Annotated[int | None, typer.Option(
+        min=1, help="Front members that must meet the budget when measured (others are measured in place of those "
+                    "that do not); default: the predicted front's size, at least 5")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: $HWNAS_RAY_ADDRESS, "
                                                      "$RAY_ADDRESS, else a local Ray)")] = None,
 ) -> None:
@@ -56,6 +59,7 @@ def search_run(
                       options=strategy_options(strategy, population=population, generations=generations),
                       fitness=FitnessConfig(metric=fitness, valid_sentences=valid_sentences),  # type: ignore[arg-type]
                       extra_constraints=extra, workers=workers, verify=verify,
+                      verified_members=verified_members,
                       tuning_dir=tuning_to_use(device(device_name), get_space(space).name))
     database = db()
     job_id = create_job(database, spec)
@@ -122,6 +126,8 @@ def show_job(database: Database, job_id: int, plot: Path | None) -> None:
     console.print(f"search job {job_id}: {info.status} - {spec.strategy} on {spec.device} under "
                   f"{spec.latency_ms:g} ms, generation {info.generation}/{info.generations_total}, "
                   f"{info.evaluations} evaluated" + (f"; error: {info.error}" if info.error else ""))
+    if info.note:
+        console.print(info.note)
     members = front(database, job_id)
     if not members:
         return

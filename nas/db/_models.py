@@ -191,6 +191,7 @@ class SearchJob(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(256))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # runs started (resumes count)
+    note: Mapped[str | None] = mapped_column(Text)  # how verification ended (members that met the budget)
 
 
 class Generation(Base):

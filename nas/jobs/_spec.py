@@ -80,6 +80,7 @@ class SearchSpec:
     tuning_dir: str | None = None
     supernet_id: int | None = None  # the supernets table's row; None with a path: unregistered checkpoint
     revision: int | None = None  # the device revision the job was created for (its predictor's)
+    verified_members: int | None = None  # the verified front's size; None = the predicted front's, at least 5
 
     def __post_init__(self) -> None:
         for dev, ms in ((self.device, self.latency_ms), *self.extra_constraints):
@@ -87,6 +88,8 @@ class SearchSpec:
                 raise SearchError(f"latency budget on '{dev}' must be a positive number of ms, got {ms}")
         if self.workers < 0:
             raise SearchError(f"workers must be >= 0, got {self.workers}")
+        if self.verified_members is not None and self.verified_members < 1:
+            raise SearchError(f"verified_members must be >= 1, got {self.verified_members}")
         if self.extra_predictors and len(self.extra_predictors) != len(self.extra_constraints):
             raise SearchError(f"{len(self.extra_predictors)} pinned predictors for {len(self.extra_constraints)} "
                               f"extra constraints")

@@ -68,13 +68,14 @@ class JobInfo:
     heartbeat_at: dt.datetime | None = None
     attempts: int = 0
     lease_owner: str | None = None
+    note: str | None = None  # how verification ended
 
 
 def _info(j: SearchJob) -> JobInfo:
     # cast: the column is a plain string; the database holds only JobStatus values
     return JobInfo(j.id, j.owner, SearchSpec.from_dict(j.spec), cast(JobStatus, j.status), j.error, j.generation,
                    j.generations_total, j.evaluations, j.best_loss, j.best_subnet_key, j.created_at, j.finished_at,
-                   j.started_at, j.heartbeat_at, j.attempts, j.lease_owner)
+                   j.started_at, j.heartbeat_at, j.attempts, j.lease_owner, j.note)
 
 
 # ----------------------------------------------------------------------------------------------- jobs in the db

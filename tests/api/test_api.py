@@ -15,6 +15,7 @@ from sqlalchemy import select
 from hwnas.db import ApiToken, Database
 from hwnas.export import load_bundle
 from hwnas.jobs import FitnessConfig, LocalEvaluator, get_job, run_export, run_job
+from hwnas.search_spaces import get_space
 from tests.api.conftest import DEVICE, RecordingLauncher
 
 Auth = Callable[..., dict[str, str]]
@@ -223,6 +224,30 @@ def test_devices_list_add_and_profile(client: TestClient, auth: Auth, budget_ms:
     assert [(p["kind"], p["version"], p["metrics"]["mape"]) for p in profile["predictors"]] == [("layerwise", 1, 0.05)]
     assert profile["measurements"] == {"ok": 0, "errors": 0, "cv_median": None, "cv_p90": None}
     assert client.get("/devices/nope", headers=headers).status_code == 404
+    (rev,) = profile["revisions"]
+    assert (rev["number"], rev["current"], rev["predictors"]) == (1, True, 1)
+    assert profile["predictors"][0]["revision"] == 1 and profile["predictors"][0]["model_key"].startswith("vocab=")
+
+
+def test_predict_names_its_predictor_revision_and_error_bar(client: TestClient, auth: Auth, budget_ms: float) -> None:
+    headers, space = auth(), get_space("quickstart")
+    ask = {"space": "quickstart", "subnet": space.largest().to_dict()}
+    r = client.post(f"/devices/{DEVICE}/predict", json=ask, headers=headers)
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert (p["device"], p["revision"], p["kind"], p["version"]) == (DEVICE, 1, "layerwise", 1)
+    assert p["latency_ms"] > budget_ms and p["error_ms"] == pytest.approx(0.05 * p["latency_ms"])
+    small = client.post(f"/devices/{DEVICE}/predict", json={**ask, "subnet": space.smallest().to_dict()},
+                        headers=headers).json()
+    assert small["latency_ms"] < p["latency_ms"]
+    for body, status, fragment in (
+            ({**ask, "revision": 9}, 404, f"device '{DEVICE}' has no revision 9"),
+            ({**ask, "kind": "hat-mlp"}, 404, f"no hat-mlp latency predictor for {DEVICE} rev 1 on space 'quickstart'"),
+            ({**ask, "subnet": {**ask["subnet"], "encoder_embed_dim": 7}}, 422, "encoder_embed_dim"),
+            ({**ask, "space": "nope"}, 422, "unknown space 'nope'")):
+        r = client.post(f"/devices/{DEVICE}/predict", json=body, headers=headers)
+        assert r.status_code == status and fragment in r.json()["detail"], r.text
+    assert client.post("/devices/local-cpu/predict", json=ask, headers=headers).status_code == 404
 
 
 def test_openapi_schema_lists_every_route(client: TestClient) -> None:

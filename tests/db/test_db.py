@@ -51,7 +51,8 @@ def _revision(db: Database, device_id: int) -> int:
 
 
 def _measurement(device_id: int, revision_id: int, subnet_key: str = "0123456789abcdef") -> Measurement:
-    return Measurement(device_id=device_id, revision_id=revision_id, space="quickstart", subnet_key=subnet_key, subnet={"encoder_layer_num": 3},
+    return Measurement(device_id=device_id, revision_id=revision_id, space="quickstart", subnet_key=subnet_key,
+                       subnet={"encoder_layer_num": 3},
                        protocol=PROTOCOL, protocol_key="p1", tuning_key="", status="ok",
                        encoder_ms=[1.0, 1.1], decoder_step_ms=[0.2, 0.21], latency_ms=7.3, latency_cv=0.02)
 
@@ -76,6 +77,37 @@ def test_migrations_apply_from_empty_and_are_idempotent(db: Database) -> None:
     with db.engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
     assert current == ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def test_rows_older_than_revisions_are_kept_apart(db: Database) -> None:
+    """0005 gives every device a revision 1 marked 'legacy' and files older measurements and predictors under it:
+    kept and listed, never matched by today's lookups (they hold no model key)."""
+    from alembic import command
+
+    from hwnas.db import alembic_config
+
+    cfg = alembic_config()
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+        conn.execute(text("INSERT INTO devices (name, kind, target, runtime, location, fingerprint, protocol, "
+                          "created_at) VALUES ('old', 'cpu', '{\"kind\": \"llvm\"}', 'tvm', 'local', "
+                          "'{\"cores\": 2}', '{}', CURRENT_TIMESTAMP)"))
+        dev = conn.scalar(text("SELECT id FROM devices WHERE name = 'old'"))
+        conn.execute(text("INSERT INTO measurements (device_id, space, subnet_key, subnet, protocol, protocol_key, "
+                          "tuning_key, status, created_at) VALUES (:d, 'quickstart', 'k', '{}', '{}', 'p', '', 'ok', "
+                          "CURRENT_TIMESTAMP)"), {"d": dev})
+        conn.execute(text("INSERT INTO predictors (device_id, kind, version, space, blob, metrics, fingerprint, "
+                          "training_data_key, created_at) VALUES (:d, 'layerwise', 1, 'quickstart', :b, '{}', '{}', "
+                          "'t', CURRENT_TIMESTAMP)"), {"d": dev, "b": b"x"})
+    upgrade(db.url)
+    with db.session() as s:
+        (rev,) = s.scalars(select(DeviceRevision)).all()
+        assert (rev.device_id, rev.number, rev.fingerprint_key, rev.fingerprint) == (dev, 1, "legacy", {"cores": 2})
+        assert s.scalars(select(Measurement.revision_id)).all() == [rev.id]
+        assert s.scalars(select(Predictor.model_key)).all() == [""]
+    (listed,) = DeviceRegistry(db).revisions("old")
+    assert (listed.number, listed.measurements, listed.predictors, listed.current) == (1, 1, 1, False)
 
 
 def test_models_and_migration_agree(db: Database) -> None:
@@ -176,8 +208,8 @@ def test_device_lifecycle(db: Database) -> None:
     rev_id = _revision(db, cpu_id)
     with db.session() as s:  # removing a device removes its revisions, what was measured and trained on it
         s.add(_measurement(cpu_id, rev_id))
-        s.add(Predictor(device_id=cpu_id, revision_id=rev_id, kind="hat-mlp", version=1, space="quickstart", blob=b"\x00\x01",
-                        metrics={"rmse_ms": 0.1}, fingerprint={}, training_data_key="k"))
+        s.add(Predictor(device_id=cpu_id, revision_id=rev_id, kind="hat-mlp", version=1, space="quickstart",
+                        blob=b"\x00\x01", metrics={"rmse_ms": 0.1}, fingerprint={}, training_data_key="k"))
     reg.remove("epyc")
     assert _registered(db) == ["rpi4"]
     with db.session() as s:

@@ -23,6 +23,9 @@ GOLDEN = Path(__file__).parent / "golden"
 STEPS = 6
 
 
+SLOW_STAND_IN = 1000.0  # x stand_in_latency: far above any real timing of a test model (~5-15 ms on a 2-core VM)
+
+
 def stand_in_latency(cfg: SubnetConfig) -> tuple[float, float]:
     """Test stand-in for a device: additive per-layer costs plus an interaction, in ms. Like the real encoder
     graph, the encoder also projects each decoder layer's cross-attention keys/values (a x e)."""

@@ -191,8 +191,8 @@ def test_training_on_a_new_revision_ignores_the_old_ones(db: Database, tiny_spac
     big = tiny_space.largest()
     for device, scale in ((old, 1.0), (new, 3.0)):
         pred, info = load_predictor(db, reg.provenance(device, tiny_space, mc, None), kind="layerwise")
-        assert pred.predict([big])[0] == pytest.approx(scale * (1 + big.encoder_layer_num + 1.2 * big.decoder_layer_num),
-                                                       rel=0.02)
+        expected = scale * (1 + big.encoder_layer_num + 1.2 * big.decoder_layer_num)
+        assert pred.predict([big])[0] == pytest.approx(expected, rel=0.02)
     # the old revision's predictor, pinned, does not predict for the new one
     with pytest.raises(NotFoundError, match="was trained for pi rev 1 .*revision 1 \\(not 2\\)"):
         load_predictor(db, reg.provenance(new, tiny_space, mc, None), kind="layerwise", version=v1["version"])
@@ -219,8 +219,9 @@ def test_each_space_and_model_gets_its_own_predictor(db: Database, tiny_space: S
                                             "\\(not 'tiny-test-space'\\)"):
         load_predictor(db, reg.provenance(board, tiny_space, mc, None), kind="layerwise", version=b["version"])
     # the same space with another output layer is another model: its latency was never measured
-    with pytest.raises(NotFoundError, match=r"no latency predictor for pi rev 1 on space 'tiny-test-space' \(vocab=32768,qkv=64, "
-                                            r".*stored: pi rev 1 on space 'tiny-test-space' \(vocab=40,qkv=64"):
+    with pytest.raises(NotFoundError, match=r"no latency predictor for pi rev 1 on space 'tiny-test-space' "
+                                            r"\(vocab=32768,qkv=64, .*stored: pi rev 1 on space 'tiny-test-space' "
+                                            r"\(vocab=40,qkv=64"):
         load_predictor(db, reg.provenance(board, tiny_space, wide, None))
     assert latency_model_key(wide) == "vocab=32768,qkv=64"
 
@@ -236,7 +237,8 @@ def test_predictor_registry_versions(db: Database, tiny_space: SearchSpace) -> N
         reg.provenance(device, tiny_space, ModelConfig(vocab_size=40, qkv_dim=64), None)
     reg.revision(device, create=True)
     prov = reg.provenance(device, tiny_space, ModelConfig(vocab_size=40, qkv_dim=64), None)
-    with pytest.raises(NotFoundError, match="no latency predictor for local-cpu rev 1 on space 'tiny-test-space'.*stored: none"):
+    with pytest.raises(NotFoundError, match="no latency predictor for local-cpu rev 1 on space 'tiny-test-space'"
+                                            ".*stored: none"):
         load_predictor(db, prov)
     kw = {"device": device, "provenance": prov, "predictor": pred}
     assert save_predictor(db, **kw, metrics={"mape": 0.01}, data_key="d1") == 1  # type: ignore[arg-type]

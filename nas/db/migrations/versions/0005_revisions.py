@@ -1,4 +1,5 @@
-"""device revisions; measurements and predictors keyed by revision and model, predictors by protocol and tuning
+"""device revisions; measurements and predictors keyed by revision and model, predictors by protocol and tuning;
+search jobs' note (how verification ended)
 
 Rows older than revisions belong to each device's revision 1, marked 'legacy': they were taken before
 hwnas recorded which hardware and which model they came from, so no lookup of today's matches them
@@ -35,6 +36,8 @@ def upgrade() -> None:
         sa.UniqueConstraint('device_id', 'fingerprint_key', name='uq_revision_fingerprint'),
     )
     op.create_index('ix_device_revisions_device_id', 'device_revisions', ['device_id'])
+    with op.batch_alter_table('search_jobs') as batch:
+        batch.add_column(sa.Column('note', sa.Text(), nullable=True))
     with op.batch_alter_table('measurements') as batch:  # batch: SQLite alters tables by copying them
         batch.add_column(sa.Column('revision_id', sa.Integer(), nullable=True))
         batch.add_column(sa.Column('model_key', sa.String(64), nullable=False, server_default=''))
@@ -87,5 +90,7 @@ def downgrade() -> None:
         batch.drop_column('revision_id')
         batch.create_unique_constraint('uq_measurement_identity', ['device_id', 'space', 'subnet_key',
                                                                    'protocol_key', 'tuning_key'])
+    with op.batch_alter_table('search_jobs') as batch:
+        batch.drop_column('note')
     op.drop_index('ix_device_revisions_device_id', 'device_revisions')
     op.drop_table('device_revisions')
