@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -82,7 +83,14 @@ def _info(j: SearchJob) -> JobInfo:
 
 def job_model_config(spec: SearchSpec) -> ModelConfig:
     """The model the job's subnets are cut from: its supernet checkpoint's."""
-    return ModelConfig(**read_checkpoint(spec.supernet)["model_config"])
+    path = Path(spec.supernet)
+    stat = path.stat() if path.is_file() else None
+    return _checkpoint_model(str(path.resolve()), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+
+
+@functools.lru_cache(maxsize=8)  # a job reads it for every lookup: the checkpoint is loaded once per file version
+def _checkpoint_model(path: str, mtime_ns: int, size: int) -> ModelConfig:
+    return ModelConfig(**read_checkpoint(path)["model_config"])
 
 
 def job_provenance(db: Database, spec: SearchSpec, device: str | None = None,
@@ -93,14 +101,17 @@ def job_provenance(db: Database, spec: SearchSpec, device: str | None = None,
                                spec.tuning_dir if device is None else tuning_dir)
 
 
-def _predictors(db: Database, spec: SearchSpec) -> list[tuple[LatencyPredictor, dict[str, Any]]]:
-    """The predictor of each budget: the main device's, then each extra's, pinned when the spec pins them."""
-    out = [load_predictor(db, job_provenance(db, spec), kind=spec.predictor_kind, version=spec.predictor_version)]
+def _predictors(db: Database, spec: SearchSpec) -> list[tuple[LatencyPredictor, dict[str, Any], str | None]]:
+    """The predictor of each budget with its info and tuning database: the main device's, then each extra's,
+    pinned where the spec pins them (an extra's tuning database: the pinned one, else the device's now)."""
+    main = load_predictor(db, job_provenance(db, spec), kind=spec.predictor_kind, version=spec.predictor_version)
+    out = [(*main, spec.tuning_dir)]
     pins: Sequence[PredictorPin | None] = spec.extra_predictors or [None] * len(spec.extra_constraints)
     for (dev, _), pin in zip(spec.extra_constraints, pins, strict=True):
         tdir = pin.tuning_dir if pin else tuning_to_use(DeviceRegistry(db).get(dev), spec.space)
-        out.append(load_predictor(db, job_provenance(db, spec, dev, tdir), kind=pin.kind if pin else None,
-                                  version=pin.version if pin else None))
+        pred, info = load_predictor(db, job_provenance(db, spec, dev, tdir), kind=pin.kind if pin else None,
+                                    version=pin.version if pin else None)
+        out.append((pred, info, tdir))
     return out
 
 
@@ -108,7 +119,7 @@ def constraints(db: Database, spec: SearchSpec) -> tuple[LatencyConstraint, ...]
     """The spec's latency budgets, each behind the predictor of its device's provenance (pinned by the spec)."""
     budgets = [(spec.device, spec.latency_ms), *spec.extra_constraints]
     return tuple(LatencyConstraint(dev, ms, pred.predict)
-                 for (dev, ms), (pred, _) in zip(budgets, _predictors(db, spec), strict=True))
+                 for (dev, ms), (pred, _, _) in zip(budgets, _predictors(db, spec), strict=True))
 
 
 def tuning_to_use(device: DeviceProfile, space: str, *, untuned: bool = False,
@@ -137,10 +148,8 @@ def create_job(db: Database, spec: SearchSpec, *, owner: str | None = None) -> i
     if trained_on != space.name:
         raise SearchError(f"supernet '{path}' was trained on space '{trained_on}', not '{space.name}'")
     # the predictors of this provenance (device revision, space, the checkpoint's model, tuning), pinned
-    (_, info), *extras = _predictors(db, dataclasses.replace(spec, supernet=path))
-    pins = tuple(PredictorPin(i["kind"], i["version"], p.tuning_dir if p else tuning_to_use(
-        DeviceRegistry(db).get(dev), space.name)) for (dev, _), (_, i), p in zip(
-        spec.extra_constraints, extras, spec.extra_predictors or [None] * len(extras), strict=True))
+    (_, info, _), *extras = _predictors(db, dataclasses.replace(spec, supernet=path))
+    pins = tuple(PredictorPin(i["kind"], i["version"], tdir) for _, i, tdir in extras)
     spec = dataclasses.replace(spec, predictor_kind=info["kind"], predictor_version=info["version"],
                                revision=info["revision"], extra_predictors=pins)
     problem = Problem(space, constraints(db, dataclasses.replace(spec, supernet=path)))

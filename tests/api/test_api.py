@@ -127,7 +127,7 @@ def test_job_list_is_paginated_and_filtered(client: TestClient, auth: Auth, budg
     ({"strategy": "annealing"}, "strategy"),
     ({"population": 1}, "population"),
     ({"surprise": 1}, "surprise"),
-    ({"also": [{"device": "local-cpu", "latency_ms": 10.0}]}, "no latency predictor for device 'local-cpu'"),
+    ({"also": [{"device": "local-cpu", "latency_ms": 10.0}]}, "nothing was measured on device 'local-cpu'"),
 ])
 def test_bad_specs_are_422_with_a_clear_message(client: TestClient, auth: Auth, budget_ms: float,
                                                 launcher: RecordingLauncher, change: dict, needle: str) -> None:

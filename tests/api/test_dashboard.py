@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 from hwnas.api import create_app, create_token, create_user
-from hwnas.db import Candidate, Database, Export, Measurement, ParetoMember, Predictor, SearchJob
+from hwnas.db import Candidate, Database, DeviceRevision, Export, Measurement, ParetoMember, Predictor, SearchJob
 from hwnas.jobs import SearchSpec
 from hwnas.latency import DeviceRegistry, builtin_devices
 from hwnas.search_spaces import get_space
@@ -77,6 +78,9 @@ def fill(db: Database) -> tuple[str, dict[str, int]]:
     token = create_token(db, "alice", label="dashboard test")
     device = builtin_devices()["local-cpu"]
     device_id = DeviceRegistry(db).row_id(device)
+    DeviceRegistry(db).revision(device, create=True)
+    with db.session() as s:
+        rev_id = s.scalars(select(DeviceRevision.id).where(DeviceRevision.device_id == device_id)).one()
     space, rng = get_space("quickstart"), np.random.default_rng(0)
 
     ids = {"others": _job(db, "bob", "finished", generation=2, total=2, evaluations=40, best_loss=4.2,
@@ -107,7 +111,8 @@ def fill(db: Database) -> tuple[str, dict[str, int]]:
         for n, i in enumerate(front_at):
             c = rows[i]
             measured = c.predicted_latency_ms * 1.1  # the slowest member misses the budget once measured
-            m = Measurement(device_id=device_id, space="quickstart", subnet_key=c.subnet_key, subnet=c.subnet,
+            m = Measurement(device_id=device_id, revision_id=rev_id, space="quickstart", subnet_key=c.subnet_key,
+                            subnet=c.subnet,
                             protocol=device.protocol.to_dict(), protocol_key="stand-in", tuning_key="", status="ok",
                             error=None, encoder_ms=[measured / 3], decoder_step_ms=[measured / 30],
                             latency_ms=measured, latency_cv=0.01 + 0.01 * n)
@@ -125,7 +130,8 @@ def fill(db: Database) -> tuple[str, dict[str, int]]:
                                              "within_10pct": 0.95, "spearman": 0.971, "kendall": 0.884}),
                               ("hat-mlp", {"n": 40.0, "rmse_ms": 0.93, "mape": 0.061, "within_5pct": 0.5,
                                            "within_10pct": 0.825, "spearman": 0.952, "kendall": 0.831})):
-            s.add(Predictor(device_id=device_id, kind=kind, version=1, space="quickstart", blob=b"stand-in",
+            s.add(Predictor(device_id=device_id, revision_id=rev_id, kind=kind, version=1, space="quickstart",
+                            blob=b"stand-in",
                             metrics=metrics, fingerprint=device.fingerprint, training_data_key="stand-in"))
     return token, ids
 
