@@ -102,8 +102,7 @@ def main() -> None:
 
     protocol = protocol_for(device, space)
     prov = registry.provenance(device, space, mc, tdir)  # this machine's revision, this model and tuning
-    records = store.records(device=device.name, space=space.name, revision=prov.revision, model_key=prov.model_key,
-                            protocol_key=prov.protocol_key, tuning_key=prov.tuning_key)
+    records = store.records_of(prov)
     usable, baseline = drift_corrected(records)  # as measured when the protocol has no reference
     ok = [r for r, _ in usable]
     cvs = np.array([r.latency_cv() for r in ok])

@@ -68,6 +68,30 @@ class MeasurementRecord:
         return self.result.latency_cv(self.protocol.passes, decode_steps=self.protocol.decode_steps)
 
 
+@dataclasses.dataclass(frozen=True)
+class Provenance:
+    """What a latency figure belongs to: one device revision, space, model (`latency_model_key`), protocol
+    and tuning database (`tuning_key`, '' = untuned). A predictor is trained on, and only ever used for,
+    one provenance; a measurement has one."""
+
+    device: str
+    revision: int
+    space: str
+    model_key: str
+    protocol_key: str
+    tuning_key: str
+
+    def describe(self) -> str:
+        kernels = f"tuning {self.tuning_key}" if self.tuning_key else "untuned kernels"
+        return (f"{self.device} rev {self.revision} on space '{self.space}' ({self.model_key}, "
+                f"protocol {self.protocol_key}, {kernels})")
+
+    def differences(self, other: Provenance) -> str:
+        """The fields where `other` differs, e.g. "space 'a' (not 'b')"."""
+        return ", ".join(f"{f.name} {getattr(other, f.name)!r} (not {getattr(self, f.name)!r})"
+                         for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name))
+
+
 class MeasurementStore(abc.ABC):
     """Where measurement records live. `add` must be atomic per record; reads see committed records.
 
@@ -87,6 +111,12 @@ class MeasurementStore(abc.ABC):
         """The number of the revision `device.fingerprint` belongs to; None when it is a new one (made when
         `create`)."""
 
+    def records_of(self, provenance: Provenance) -> list[MeasurementRecord]:
+        """The records of one provenance: its device revision, space, model, protocol and tuning database."""
+        p = provenance
+        return self.records(device=p.device, space=p.space, revision=p.revision, model_key=p.model_key,
+                            protocol_key=p.protocol_key, tuning_key=p.tuning_key)
+
     def measured_keys(self, *, device: str, space: str, revision: int | None, model_key: str, protocol_key: str,
                       tuning_key: str) -> set[str]:
         if revision is None:  # a revision not stored yet holds no measurements
@@ -98,7 +128,7 @@ class MeasurementStore(abc.ABC):
 
 class InMemoryStore(MeasurementStore):
     """A process-local store (tests, one-off scripts); thread-safe. Revisions are numbered per device in
-    the order their fingerprints first appear (a record without a fingerprint: its device's first)."""
+    the order their fingerprints first appear (records without a fingerprint share one)."""
 
     def __init__(self) -> None:
         self._records: list[MeasurementRecord] = []
@@ -120,10 +150,7 @@ class InMemoryStore(MeasurementStore):
         with self._lock:
             runtime = self._runtimes.get(record.device, "tvm")
             key = fingerprint_key(record.fingerprint, runtime) if record.fingerprint else ""
-            number = self._number(record.device, key, True) if key else (
-                min((n for (d, _), n in self._revisions.items() if d == record.device), default=None)
-                or self._number(record.device, "", True))
-            self._records.append(dataclasses.replace(record, revision=number))
+            self._records.append(dataclasses.replace(record, revision=self._number(record.device, key, True)))
 
     def records(self, *, device: str, space: str, revision: int | None = None, model_key: str | None = None,
                 protocol_key: str | None = None, tuning_key: str | None = None) -> list[MeasurementRecord]:

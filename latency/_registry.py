@@ -8,9 +8,9 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,7 +20,7 @@ from hwnas.db import DeviceRevision as RevisionRow
 from hwnas.db import Measurement as MeasurementRow
 from hwnas.db import Predictor as PredictorRow
 from hwnas.exceptions import DuplicateError, MeasurementError, NotFoundError
-from hwnas.latency._collect import MeasurementRecord, MeasurementStore, latency_model_key, tuning_key
+from hwnas.latency._collect import MeasurementRecord, MeasurementStore, Provenance, latency_model_key, tuning_key
 from hwnas.latency._devices import (
     DeviceProfile,
     builtin_devices,
@@ -35,30 +35,7 @@ from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import ModelConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Provenance:
-    """What a latency figure belongs to: one device revision, space, model (`latency_model_key`), protocol
-    and tuning database (`tuning_key`, '' = untuned). A predictor is trained on, and only ever used for,
-    one provenance; a measurement has one."""
-
-    device: str
-    revision: int
-    space: str
-    model_key: str
-    protocol_key: str
-    tuning_key: str
-
-    def describe(self) -> str:
-        kernels = f"tuning {self.tuning_key}" if self.tuning_key else "untuned kernels"
-        return (f"{self.device} rev {self.revision} on space '{self.space}' ({self.model_key}, "
-                f"protocol {self.protocol_key}, {kernels})")
-
-    def differences(self, other: Provenance) -> str:
-        """The fields where `other` differs, e.g. "space 'a' (not 'b')"."""
-        return ", ".join(f"{f.name} {getattr(other, f.name)!r} (not {getattr(self, f.name)!r})"
-                         for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name))
+_Select = TypeVar("_Select", bound="Select[*tuple[Any, ...]]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,16 +245,17 @@ class SQLMeasurementStore(MeasurementStore):
 
     def __init__(self, db: Database):
         self.db, self.devices = db, DeviceRegistry(db)
-        self._device_ids: dict[str, int] = {}  # a collection adds thousands of records for one device
+        # a collection adds thousands of records for one device: its profile and row are looked up once
+        self._profiles: dict[str, tuple[DeviceProfile, int]] = {}
 
     def revision(self, device: DeviceProfile, *, create: bool = False) -> int | None:
         return self.devices.revision(device, create=create)
 
     def add(self, record: MeasurementRecord) -> None:
-        if record.device not in self._device_ids:
-            self._device_ids[record.device] = self.devices.row_id(self.devices.get(record.device))
-        device_id = self._device_ids[record.device]
-        profile = self.devices.get(record.device)
+        if record.device not in self._profiles:
+            profile = self.devices.get(record.device)
+            self._profiles[record.device] = profile, self.devices.row_id(profile)
+        profile, device_id = self._profiles[record.device]
         if record.fingerprint:
             profile = dataclasses.replace(profile, fingerprint=record.fingerprint)
         revision_id = self.devices._revision_id(profile, create=True)
@@ -295,17 +273,9 @@ class SQLMeasurementStore(MeasurementStore):
 
     def records(self, *, device: str, space: str, revision: int | None = None, model_key: str | None = None,
                 protocol_key: str | None = None, tuning_key: str | None = None) -> list[MeasurementRecord]:
-        q = (select(MeasurementRow, RevisionRow.number).join(DeviceRow, MeasurementRow.device_id == DeviceRow.id)
-             .outerjoin(RevisionRow, MeasurementRow.revision_id == RevisionRow.id)
-             .where(DeviceRow.name == device, MeasurementRow.space == space).order_by(MeasurementRow.id))
-        if revision is not None:
-            q = q.where(RevisionRow.number == revision)
-        if model_key is not None:
-            q = q.where(MeasurementRow.model_key == model_key)
-        if protocol_key is not None:
-            q = q.where(MeasurementRow.protocol_key == protocol_key)
-        if tuning_key is not None:
-            q = q.where(MeasurementRow.tuning_key == tuning_key)
+        q = _measurement_query(select(MeasurementRow, RevisionRow.number), device=device, space=space,
+                               revision=revision, model_key=model_key, protocol_key=protocol_key,
+                               tuning_key=tuning_key).order_by(MeasurementRow.id)
         with self.db.session() as s:
             rows = s.execute(q).all()
         return [MeasurementRecord(device, space, SubnetConfig.from_dict(m.subnet), MeasureConfig.from_dict(m.protocol),
@@ -314,6 +284,29 @@ class SQLMeasurementStore(MeasurementStore):
                                                           m.error), m.reference_ms, model_key=m.model_key,
                                   revision=number)
                 for m, number in rows]
+
+    def latencies(self, provenance: Provenance) -> dict[str, tuple[int, float | None, str | None]]:
+        """The measurements of one provenance by subnet key: (measurement id, latency ms, error), without
+        reading the raw runs."""
+        p = provenance
+        q = _measurement_query(select(MeasurementRow.subnet_key, MeasurementRow.id, MeasurementRow.latency_ms,
+                                      MeasurementRow.error), device=p.device, space=p.space, revision=p.revision,
+                               model_key=p.model_key, protocol_key=p.protocol_key, tuning_key=p.tuning_key)
+        with self.db.session() as s:
+            return {k: (i, lat, err) for k, i, lat, err in s.execute(q).all()}
+
+
+def _measurement_query(q: _Select, *, device: str, space: str, revision: int | None, model_key: str | None,
+                       protocol_key: str | None, tuning_key: str | None) -> _Select:
+    """`q` over a device's measurements of a space, narrowed by whichever keys are given."""
+    q = (q.join(DeviceRow, MeasurementRow.device_id == DeviceRow.id)
+         .join(RevisionRow, MeasurementRow.revision_id == RevisionRow.id)
+         .where(DeviceRow.name == device, MeasurementRow.space == space))
+    for column, value in ((RevisionRow.number, revision), (MeasurementRow.model_key, model_key),
+                          (MeasurementRow.protocol_key, protocol_key), (MeasurementRow.tuning_key, tuning_key)):
+        if value is not None:
+            q = q.where(column == value)
+    return q
 
 
 def training_data_key(records: list[MeasurementRecord]) -> str:
@@ -347,15 +340,21 @@ def save_predictor(db: Database, *, device: DeviceProfile, provenance: Provenanc
     return version
 
 
-def _info(row: PredictorRow, device: str, revision: int | None) -> dict[str, Any]:
+def _info(row: PredictorRow, device: str, revision: int) -> dict[str, Any]:
     return {"device": device, "kind": row.kind, "version": row.version,
             "revision": revision, "space": row.space, "model_key": row.model_key, "protocol_key": row.protocol_key,
             "tuning_key": row.tuning_key, "metrics": row.metrics, "fingerprint": row.fingerprint,
             "training_data_key": row.training_data_key, "created_at": row.created_at}
 
 
-def _row_provenance(row: PredictorRow, device: str, revision: int | None) -> Provenance:
-    return Provenance(device, revision or 0, row.space, row.model_key, row.protocol_key, row.tuning_key)
+def _row_provenance(row: PredictorRow, device: str, revision: int) -> Provenance:
+    return Provenance(device, revision, row.space, row.model_key, row.protocol_key, row.tuning_key)
+
+
+def _predictor_rows(device: str) -> Select[PredictorRow, int]:
+    """The device's predictors, each with its revision number."""
+    return (select(PredictorRow, RevisionRow.number).join(DeviceRow, PredictorRow.device_id == DeviceRow.id)
+            .join(RevisionRow, PredictorRow.revision_id == RevisionRow.id).where(DeviceRow.name == device))
 
 
 def load_predictor(db: Database, provenance: Provenance, *, kind: str | None = None,
@@ -365,9 +364,7 @@ def load_predictor(db: Database, provenance: Provenance, *, kind: str | None = N
     Never a near one: a pinned version trained on anything else, or no predictor of this provenance, is a
     NotFoundError naming what differs or listing the predictors the device has.
     """
-    base = (select(PredictorRow, RevisionRow.number).join(DeviceRow, PredictorRow.device_id == DeviceRow.id)
-            .outerjoin(RevisionRow, PredictorRow.revision_id == RevisionRow.id)
-            .where(DeviceRow.name == provenance.device))
+    base = _predictor_rows(provenance.device)
     with db.session() as s:
         if version is not None:
             found = s.execute(base.where(PredictorRow.kind == (kind or ""), PredictorRow.version == version)).first()
@@ -400,9 +397,6 @@ def load_predictor(db: Database, provenance: Provenance, *, kind: str | None = N
 def list_predictors(db: Database, device: str) -> list[dict[str, Any]]:
     """Every predictor of the device, with its provenance and held-out metrics."""
     with db.session() as s:
-        rows = s.execute(select(PredictorRow, RevisionRow.number).join(DeviceRow, PredictorRow.device_id ==
-                                                                       DeviceRow.id)
-                         .outerjoin(RevisionRow, PredictorRow.revision_id == RevisionRow.id)
-                         .where(DeviceRow.name == device).order_by(PredictorRow.kind, PredictorRow.version))
+        rows = s.execute(_predictor_rows(device).order_by(PredictorRow.kind, PredictorRow.version)).all()
         return [{k: v for k, v in _info(r, device, n).items() if k not in ("fingerprint", "device")}
-                for r, n in rows.all()]
+                for r, n in rows]

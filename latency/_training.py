@@ -34,9 +34,7 @@ def train_predictors(db: Database, *, device: DeviceProfile, space: SearchSpace,
     with that provenance and report. Measurements of other revisions, models or kernels never mix in."""
     prov = DeviceRegistry(db).provenance(device, space, model_config, tuning_dir, revision=revision)
     # successful records, on one footing across sessions when the protocol has a reference
-    usable, baseline = drift_corrected(SQLMeasurementStore(db).records(
-        device=device.name, space=space.name, revision=prov.revision, model_key=prov.model_key,
-        protocol_key=prov.protocol_key, tuning_key=prov.tuning_key))
+    usable, baseline = drift_corrected(SQLMeasurementStore(db).records_of(prov))
     if len(usable) < 10:
         raise MeasurementError(f"{prov.describe()} has {len(usable)} usable measurements; collect more first "
                                f"(hwnas latency collect --device {device.name} --space {space.name})")

@@ -39,7 +39,6 @@ from hwnas.jobs import (
 from hwnas.latency import DeviceProfile, DeviceRegistry, list_predictors
 from hwnas.search import strategy_options
 from hwnas.search_spaces import SubnetConfig, get_space, list_spaces
-from hwnas.supernet import ModelConfig, read_checkpoint
 
 
 def owned_job(db: Database, user: str, job_id: int) -> JobInfo:
@@ -137,8 +136,8 @@ def predict(db: Database, name: str, body: PredictIn) -> PredictionOut:
         subnet = SubnetConfig.from_dict(body.subnet)
     except (TypeError, ValueError, KeyError) as e:
         raise SearchSpaceError(f"subnet: not a subnet config of space '{space.name}' ({e})") from None
-    mc = ModelConfig(**read_checkpoint(_server_supernet(db, body.space).path)["model_config"])
-    p = predict_latency(db, device=DeviceRegistry(db).get(name), space=space, model_config=mc, subnet=subnet,
+    p = predict_latency(db, device=DeviceRegistry(db).get(name), space=space,
+                        model_config=_server_supernet(db, body.space).model_config(), subnet=subnet,
                         kind=body.kind, version=body.version, revision=body.revision)
     return PredictionOut(**p.to_dict())
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from hwnas.cli._common import console, db, device, load_subnet, settings
+
+if TYPE_CHECKING:  # heavy imports (torch, TVM) wait until a command runs
+    from hwnas.search_spaces import SearchSpace
+    from hwnas.supernet import ModelConfig
 
 devices_app = typer.Typer(no_args_is_help=True, help="Device profiles and remote devices (TVM RPC).")
 kernels_app = typer.Typer(no_args_is_help=True, help="TVM kernels: MetaSchedule tuning per (device, space).")
@@ -28,12 +32,11 @@ def kernels_tune(
     vocab_size: Annotated[int | None, typer.Option(min=8)] = None,
 ) -> None:
     """Tune every workload of a space for a device, into a database that every subnet build reuses."""
-    from hwnas.jobs import default_vocab_size, tune_kernels, tuning_records
+    from hwnas.jobs import tune_kernels, tuning_records
     from hwnas.search_spaces import get_space
-    from hwnas.supernet import ModelConfig
 
     dev, sp = device(device_name), get_space(space)
-    mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
+    mc = _model_config(space, sp, vocab_size)
     out = settings().tuning_dir(dev.name, sp.name)
     report = tune_kernels(device=dev, space=sp, model_config=mc,
                           records=tuning_records(dev.name, sp.name) + trials)
@@ -59,15 +62,14 @@ def latency_measure(
     vocab_size: Annotated[int | None, typer.Option(min=8)] = None,
 ) -> None:
     """Build and time one subnet on a device (encoder + decoder steps, raw runs summarized)."""
-    from hwnas.jobs import default_vocab_size, tuning_to_use
+    from hwnas.jobs import tuning_to_use
     from hwnas.latency import measure
     from hwnas.search_spaces import get_space
-    from hwnas.supernet import ModelConfig
 
     dev, sp = device(device_name), get_space(space)
     cfg = load_subnet(subnet, sp)
     use = tuning_to_use(dev, sp.name, untuned=untuned)
-    mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
+    mc = _model_config(space, sp, vocab_size)
     rec = measure(device=dev, space=sp, model_config=mc, subnets=[cfg], tuning_dir=use)[0]
     if not rec.result.ok:
         raise typer.Exit(code=_fail(f"measurement failed: {rec.result.error}"))
@@ -174,13 +176,12 @@ def latency_collect(
     workers: Annotated[int, typer.Option(min=1, help="Parallel builds")] = 2,
 ) -> None:
     """Measure n random subnets into the database; resumable, skips what is already measured."""
-    from hwnas.jobs import default_vocab_size, measure_subnets, tuning_to_use
+    from hwnas.jobs import measure_subnets, tuning_to_use
     from hwnas.search_spaces import get_space
-    from hwnas.supernet import ModelConfig
 
     dev, sp = device(device_name), get_space(space)
     use = tuning_to_use(dev, sp.name, untuned=untuned)
-    mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
+    mc = _model_config(space, sp, vocab_size)
     report = measure_subnets(db(), device=dev, space=sp, model_config=mc, n=n, seed=seed, untuned=untuned,
                              build_workers=workers)
     console.print(f"{report.measured} measured, {report.failed} failed, {report.skipped} already in the database "
@@ -200,12 +201,11 @@ def latency_train(
 ) -> None:
     """Train predictors on the measurements of the device's current revision (of this space, model and tuning
     database); report held-out accuracy; store new versions."""
-    from hwnas.jobs import default_vocab_size, fit_predictors
+    from hwnas.jobs import fit_predictors
     from hwnas.search_spaces import get_space
-    from hwnas.supernet import ModelConfig
 
     dev, sp = device(device_name), get_space(space)
-    mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
+    mc = _model_config(space, sp, vocab_size)
     results = fit_predictors(db(), device=dev, space=sp, model_config=mc, kinds=kinds.split(","), untuned=untuned,
                              test_fraction=test_fraction, constraint_ms=constraint_ms, seed=seed)
     if results:
@@ -234,13 +234,12 @@ def latency_predict(
 ) -> None:
     """Predict a subnet's latency on a device, with the predictor's version, the device revision and the
     predictor's held-out error bar."""
-    from hwnas.jobs import default_vocab_size, predict_latency
+    from hwnas.jobs import predict_latency
     from hwnas.search_spaces import get_space
-    from hwnas.supernet import ModelConfig
 
     dev, sp = device(device_name), get_space(space)
     cfg = load_subnet(subnet, sp)
-    mc = ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
+    mc = _model_config(space, sp, vocab_size)
     p = predict_latency(db(), device=dev, space=sp, model_config=mc, subnet=cfg, kind=kind, version=version,
                         revision=revision, untuned=untuned)
     if as_json:
@@ -249,6 +248,16 @@ def latency_predict(
     console.print(f"{p.latency_ms:.3f} ms +- {p.error_ms:.3f} ms (held-out MAPE {100 * p.mape:.1f}%, "
                   f"{100 * p.within_10pct:.0f}% within 10%) on {p.device} rev {p.revision}, space {p.space}: "
                   f"{p.kind} predictor v{p.version}")
+
+
+def _model_config(space: str, sp: SearchSpace, vocab_size: int | None) -> ModelConfig:
+    """The model the subnets of `space` (as named on the command line, loaded as `sp`) are measured as from the
+    CLI: the space's widths, and `--vocab-size` or the space's usual vocabulary (the output layer is part of the
+    latency)."""
+    from hwnas.jobs import default_vocab_size
+    from hwnas.supernet import ModelConfig
+
+    return ModelConfig(vocab_size=vocab_size or default_vocab_size(space), qkv_dim=sp.qkv_dim)
 
 
 def _fail(message: str) -> int:

@@ -42,9 +42,7 @@ def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, 
     device, space = DeviceRegistry(db).get(spec.device), get_space(spec.space)
     supernet = load_supernet(spec.supernet)
     store, prov = SQLMeasurementStore(db), job_provenance(db, spec)
-    found = [r for r in store.records(device=device.name, space=space.name, revision=prov.revision,
-                                      model_key=prov.model_key, protocol_key=prov.protocol_key,
-                                      tuning_key=prov.tuning_key) if r.subnet == subnet and r.result.ok]
+    found = [r for r in store.records_of(prov) if r.subnet == subnet and r.result.ok]
     if not found:
         rec = measure(device=device, space=space, model_config=supernet.model.mc, subnets=[subnet],
                       tuning_dir=spec.tuning_dir)[0]

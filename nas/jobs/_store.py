@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -16,7 +15,7 @@ from hwnas.db import Candidate, Database, ParetoMember, SearchJob
 from hwnas.exceptions import InfeasibleConstraintError, NotFoundError, SearchError
 from hwnas.jobs._lease import now
 from hwnas.jobs._spec import TERMINAL, JobStatus, PredictorPin, SearchSpec
-from hwnas.jobs._supernets import get_supernet, register_supernet
+from hwnas.jobs._supernets import checkpoint_model_config, get_supernet, register_supernet
 from hwnas.kernels import TUNING_RECORDS
 from hwnas.latency import DeviceProfile, DeviceRegistry, LatencyPredictor, Provenance, load_predictor
 from hwnas.search import LatencyConstraint, Problem, create_strategy, pareto_mask
@@ -83,14 +82,7 @@ def _info(j: SearchJob) -> JobInfo:
 
 def job_model_config(spec: SearchSpec) -> ModelConfig:
     """The model the job's subnets are cut from: its supernet checkpoint's."""
-    path = Path(spec.supernet)
-    stat = path.stat() if path.is_file() else None
-    return _checkpoint_model(str(path.resolve()), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
-
-
-@functools.lru_cache(maxsize=8)  # a job reads it for every lookup: the checkpoint is loaded once per file version
-def _checkpoint_model(path: str, mtime_ns: int, size: int) -> ModelConfig:
-    return ModelConfig(**read_checkpoint(path)["model_config"])
+    return checkpoint_model_config(spec.supernet)
 
 
 def job_provenance(db: Database, spec: SearchSpec, device: str | None = None,

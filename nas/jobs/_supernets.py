@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 from pathlib import Path
 
@@ -30,7 +31,20 @@ class SupernetInfo:
 
     def model_config(self) -> ModelConfig:
         """The supernet's model config (vocabulary, widths): what its subnets are built, tuned and measured as."""
-        return ModelConfig(**read_checkpoint(self.path)["model_config"])
+        return checkpoint_model_config(self.path)
+
+
+def checkpoint_model_config(path: str | Path) -> ModelConfig:
+    """A checkpoint's model config (what its subnets are built, tuned and measured as); read once per file version,
+    as jobs ask for it at every predictor and measurement lookup."""
+    p = Path(path)
+    stat = p.stat() if p.is_file() else None  # a missing file: read_checkpoint says so
+    return _model_config(str(p.resolve()), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _model_config(path: str, mtime_ns: int, size: int) -> ModelConfig:
+    return ModelConfig(**read_checkpoint(path)["model_config"])
 
 
 def _info(row: Supernet) -> SupernetInfo:

@@ -19,11 +19,11 @@ from collections.abc import Sequence
 import numpy as np
 from sqlalchemy import select
 
-from hwnas.db import Database, Device, DeviceRevision, Measurement, ParetoMember, SearchJob
+from hwnas.db import Database, ParetoMember, SearchJob
 from hwnas.jobs._lease import heartbeat
 from hwnas.jobs._spec import JobProgress, ProgressCallback, SearchSpec
 from hwnas.jobs._store import CandidateRow, candidates, front_candidates, job_model_config, job_provenance
-from hwnas.latency import DeviceRegistry, Provenance, SQLMeasurementStore, measure
+from hwnas.latency import DeviceRegistry, SQLMeasurementStore, measure
 from hwnas.search import pareto_mask
 from hwnas.search_spaces import get_space
 
@@ -45,7 +45,7 @@ def verify_front(db: Database, job_id: int, spec: SearchSpec, report: ProgressCa
     device, space, mc = DeviceRegistry(db).get(spec.device), get_space(spec.space), job_model_config(spec)
     store = SQLMeasurementStore(db)
     title = f"measure the front on {device.name}"
-    measured = _measurements(db, prov)
+    measured = store.latencies(prov)
     todo, done_n, extra = [m for m in predicted_front if m.subnet.key() not in measured], 0, 0
     members: list[CandidateRow] = []
     for _round in range(MAX_EXTRA_ROUNDS + 1):
@@ -57,7 +57,7 @@ def verify_front(db: Database, job_id: int, spec: SearchSpec, report: ProgressCa
                 store.add(rec)
             done_n += 1
             heartbeat(db, job_id)  # a front measurement takes seconds to a minute: keep the lease
-        measured = _measurements(db, prov)
+        measured = store.latencies(prov)
         members = verified_front(scored, measured, spec.latency_ms, target)
         if len(members) >= target:
             break
@@ -127,18 +127,6 @@ def _note(scored: Sequence[CandidateRow], measured: Measured, members: Sequence[
     if len(members) < target:
         what += "; no other candidate could meet the budget under the margin the measurements show"
     return what
-
-
-def _measurements(db: Database, prov: Provenance) -> Measured:
-    with db.session() as s:
-        rows = s.execute(select(Measurement.subnet_key, Measurement.id, Measurement.latency_ms, Measurement.error)
-                         .join(Device, Measurement.device_id == Device.id)
-                         .join(DeviceRevision, Measurement.revision_id == DeviceRevision.id)
-                         .where(Device.name == prov.device, DeviceRevision.number == prov.revision,
-                                Measurement.space == prov.space, Measurement.model_key == prov.model_key,
-                                Measurement.protocol_key == prov.protocol_key,
-                                Measurement.tuning_key == prov.tuning_key)).all()
-    return {k: (i, lat, err) for k, i, lat, err in rows}
 
 
 def store_front(db: Database, job_id: int, spec: SearchSpec, measured: Measured,
