@@ -66,6 +66,7 @@ class DeviceRegistry:
     def __init__(self, db: Database):
         self.db = db
         self._revision_ids: dict[tuple[str, str], int] = {}  # (device, fingerprint key) -> row id
+        self._measured_on: dict[str, str] = {}  # device -> fingerprint key its row was last brought to
 
     def add(self, profile: DeviceProfile) -> DeviceProfile:
         """Register `profile`; a built-in or taken name is a DuplicateError."""
@@ -141,8 +142,22 @@ class DeviceRegistry:
 
     def _revision_id(self, profile: DeviceProfile, *, create: bool) -> int | None:
         key = fingerprint_key(profile.fingerprint, profile.runtime)
-        if (profile.name, key) in self._revision_ids:
-            return self._revision_ids[profile.name, key]
+        rid = self._revision_ids.get((profile.name, key))
+        if rid is None:
+            rid = self._find_or_begin(profile, key, create=create)
+        if rid is not None:
+            self._revision_ids[profile.name, key] = rid
+        if create and rid is not None and self._measured_on.get(profile.name) != key:
+            # the device row keeps the fingerprint of what was measured last (a board swapped back included):
+            # a remote device is not probed to predict, so its row says which revision predictions are for
+            with self.db.session() as s:
+                row = s.scalars(select(DeviceRow).where(DeviceRow.name == profile.name)).one()
+                if row.fingerprint != profile.fingerprint:
+                    row.fingerprint = profile.fingerprint
+            self._measured_on[profile.name] = key
+        return rid
+
+    def _find_or_begin(self, profile: DeviceProfile, key: str, *, create: bool) -> int | None:
         device_id = self.row_id(profile) if create else None
         with self.db.session() as s:
             q = select(RevisionRow.id).join(DeviceRow).where(DeviceRow.name == profile.name,
@@ -158,14 +173,11 @@ class DeviceRegistry:
                     s.flush()
                 except IntegrityError:  # another process began it (or the next number) since the read above
                     s.rollback()
-                    return self._revision_id(profile, create=create)
+                    return self._find_or_begin(profile, key, create=create)
                 rid = row.id
                 changed = fingerprint_diff(last.fingerprint, profile.fingerprint, profile.runtime) if last else ""
                 log.info("device %s: revision %d begins%s", profile.name, row.number,
                          f" ({changed})" if changed else "")
-                s.get_one(DeviceRow, device_id).fingerprint = profile.fingerprint
-        if rid is not None:
-            self._revision_ids[profile.name, key] = rid
         return rid
 
     def revisions(self, name: str) -> builtins.list[Revision]:
@@ -365,9 +377,12 @@ def load_predictor(db: Database, provenance: Provenance, *, kind: str | None = N
     NotFoundError naming what differs or listing the predictors the device has.
     """
     base = _predictor_rows(provenance.device)
+    if version is not None and kind is None:
+        raise NotFoundError(f"predictor version {version} of {provenance.device} asked without its kind "
+                            f"(versions are numbered per kind: give the kind too)")
     with db.session() as s:
         if version is not None:
-            found = s.execute(base.where(PredictorRow.kind == (kind or ""), PredictorRow.version == version)).first()
+            found = s.execute(base.where(PredictorRow.kind == kind, PredictorRow.version == version)).first()
             if found is None:
                 raise NotFoundError(f"device '{provenance.device}' has no {kind} predictor version {version}")
             row, number = found

@@ -200,6 +200,19 @@ def test_training_on_a_new_revision_ignores_the_old_ones(db: Database, tiny_spac
         reg.provenance(new, tiny_space, mc, None, revision=7)
 
 
+def test_a_board_swapped_back_is_its_old_revision_again(db: Database, tiny_space: SearchSpace) -> None:
+    """A remote device is not probed to predict: its row follows the board measured last, swaps included."""
+    reg = DeviceRegistry(db)
+    _board(db, ZEN4)
+    for fingerprint in (ZEN4, ROCKET, ZEN4):
+        _measured(db, tiny_space, fingerprint, n=1, seed=len(reg.revisions("pi")))
+        assert reg.get("pi").fingerprint == fingerprint
+    assert [(r.number, r.measurements, r.current) for r in reg.revisions("pi")] == [(1, 2, True), (2, 1, False)]
+    with pytest.raises(NotFoundError, match="predictor version 3 of pi asked without its kind"):
+        load_predictor(db, reg.provenance(reg.get("pi"), tiny_space, ModelConfig(vocab_size=40, qkv_dim=64), None),
+                       version=3)
+
+
 def test_each_space_and_model_gets_its_own_predictor(db: Database, tiny_space: SearchSpace) -> None:
     """Two spaces' predictors on one device: each lookup takes its own, a foreign one is refused by name."""
     other = SearchSpace.from_dict({**tiny_space.to_dict(), "name": "tiny-twin"})  # same choices, another space
