@@ -66,7 +66,7 @@ def run_job(db: Database, job_id: int, *, evaluator: Evaluator | None = None, ad
         _search(db, job_id, spec, evaluator, on_progress or _quiet)
         if spec.verify:
             _set(db, job_id, status="verifying", heartbeat_at=now())
-            verify_front(db, job_id, spec, on_progress or _quiet)
+            _set(db, job_id, **verify_front(db, job_id, spec, on_progress or _quiet))
         else:
             store_front(db, job_id, spec, measured={})
         _set(db, job_id, status="finished", finished_at=now())

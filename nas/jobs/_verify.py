@@ -15,11 +15,12 @@ measuring dominated ones, but the user still gets that many models, each within 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sqlalchemy import select
 
-from hwnas.db import Database, ParetoMember, SearchJob
+from hwnas.db import Database, ParetoMember
 from hwnas.jobs._lease import heartbeat
 from hwnas.jobs._spec import JobProgress, ProgressCallback, SearchSpec
 from hwnas.jobs._store import CandidateRow, candidates, front_candidates, job_model_config, job_provenance
@@ -35,8 +36,9 @@ MARGIN_QUANTILE = 0.9  # of measured / predicted: a candidate is measured when e
 MAX_EXTRA_ROUNDS = 8  # replacement rounds: each measures up to the members still missing
 
 
-def verify_front(db: Database, job_id: int, spec: SearchSpec, report: ProgressCallback) -> None:
-    """Measure the front on the device, replace members over the budget, store the verified front and best."""
+def verify_front(db: Database, job_id: int, spec: SearchSpec, report: ProgressCallback) -> dict[str, Any]:
+    """Measure the front on the device, replace members over the budget, store the verified front; returns the
+    job row's new `note`, `best_loss` and `best_subnet_key` (the runner writes them, under its lease)."""
     rows = candidates(db, job_id)
     predicted_front = front_candidates(rows, spec.latency_ms)
     scored = [c for c in rows if c.loss is not None]
@@ -73,11 +75,9 @@ def verify_front(db: Database, job_id: int, spec: SearchSpec, report: ProgressCa
     note = _note(scored, measured, members, target, spec, extra)
     store_front(db, job_id, spec, measured, members)
     best = min(members, key=lambda c: (c.loss, c.id)) if members else None
-    with db.session() as s:
-        job = s.get_one(SearchJob, job_id)
-        job.note = note
-        job.best_loss = best.loss if best else None  # the reported best met the budget when measured
-        job.best_subnet_key = best.subnet.key() if best else None
+    # the reported best met the budget when measured
+    return {"note": note, "best_loss": best.loss if best else None,
+            "best_subnet_key": best.subnet.key() if best else None}
 
 
 def pareto_ranked(rows: Sequence[CandidateRow], latency_ms: Sequence[float]) -> list[CandidateRow]:
