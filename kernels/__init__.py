@@ -19,6 +19,14 @@ from hwnas.kernels._build import (
     subnet_model,
 )
 from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, GraphSpec, example_inputs, input_specs, random_inputs
+from hwnas.kernels._onnx import (
+    export_onnx,
+    graph_output_names,
+    onnx_feed,
+    onnx_session,
+    onnx_sessions,
+    quiet_tracer,
+)
 from hwnas.kernels._tune import (
     TUNING_RECORDS,
     TaskReport,
@@ -45,10 +53,16 @@ __all__ = [
     "count_tuning_records",
     "covering_subnets",
     "example_inputs",
+    "export_onnx",
     "export_relax",
+    "graph_output_names",
     "host_target",
     "input_specs",
     "make_target",
+    "onnx_feed",
+    "onnx_session",
+    "onnx_sessions",
+    "quiet_tracer",
     "random_inputs",
     "subnet_model",
     "tune_space",

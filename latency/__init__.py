@@ -63,11 +63,13 @@ from hwnas.latency._registry import (
 )
 from hwnas.latency._rpc import loopback_rpc, server_command, tracker_command
 from hwnas.latency._runner import (
+    OrtRunner,
     RPCRunner,
     RunInput,
     Runner,
     TorchRunner,
     TVMLocalRunner,
+    measure_ort,
     measure_torch,
     measure_tvm_local,
     time_calls,
@@ -99,6 +101,7 @@ __all__ = [
     "SQLMeasurementStore",
     "Sample",
     "TVMLocalRunner",
+    "OrtRunner",
     "TorchRunner",
     "accuracy",
     "builtin_device",
@@ -120,6 +123,7 @@ __all__ = [
     "loopback_rpc",
     "measure",
     "measure_config",
+    "measure_ort",
     "measure_torch",
     "measure_tvm_local",
     "median",

@@ -27,7 +27,15 @@ from hwnas.kernels import BuildInput, BuildResult, TVMBuilder, count_tuning_reco
 from hwnas.latency._devices import DeviceProfile, fingerprint_key, probe_fingerprint, protocol_for
 from hwnas.latency._predictor import Sample
 from hwnas.latency._protocol import MeasureConfig, RunResult
-from hwnas.latency._runner import RPCRunner, RunInput, Runner, TorchRunner, TVMLocalRunner, check_tracker
+from hwnas.latency._runner import (
+    OrtRunner,
+    RPCRunner,
+    RunInput,
+    Runner,
+    TorchRunner,
+    TVMLocalRunner,
+    check_tracker,
+)
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import ModelConfig
 
@@ -186,6 +194,8 @@ def tuning_key(tuning_dir: str | None, target: dict[str, Any]) -> str:
 def runner_for(device: DeviceProfile, *, timeout_s: float = 300.0) -> Runner:
     if device.runtime == "torch":
         return TorchRunner(device=device.torch_device, timeout_s=timeout_s)
+    if device.runtime == "onnxruntime":
+        return OrtRunner(timeout_s=timeout_s)
     if device.location == "local":
         return TVMLocalRunner(timeout_s=timeout_s)
     if not device.tracker or not device.rpc_key:

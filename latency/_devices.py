@@ -17,7 +17,7 @@ from hwnas.kernels import host_target
 from hwnas.latency._protocol import MeasureConfig
 
 DeviceKind = Literal["cpu", "gpu", "iot"]
-DeviceRuntime = Literal["tvm", "torch"]
+DeviceRuntime = Literal["tvm", "torch", "onnxruntime"]
 DeviceLocation = Literal["local", "rpc"]
 KINDS: tuple[DeviceKind, ...] = get_args(DeviceKind)
 RUNTIMES: tuple[DeviceRuntime, ...] = get_args(DeviceRuntime)
@@ -82,7 +82,12 @@ class DeviceProfile:
                 parse_tracker(self.tracker)
             except MeasurementError as e:
                 raise MeasurementError(f"device '{name}': {e}") from None
-        elif self.tracker is not None or self.rpc_key is not None:  # ignoring them would hide a forgotten 'rpc'
+        if self.runtime == "onnxruntime" and (self.kind != "cpu" or self.location != "local"):
+            # its CPU execution provider: the one hwnas measures (and ONNX bundles load with)
+            raise MeasurementError(f"device '{name}': the onnxruntime runtime measures this machine's CPU only "
+                                   f"(kind 'cpu', location 'local'), not kind {self.kind!r} at {self.location!r}")
+        # ignoring them would hide a forgotten 'rpc'
+        if self.location != "rpc" and (self.tracker is not None or self.rpc_key is not None):
             raise MeasurementError(f"device '{name}': tracker and rpc_key apply to location 'rpc' only, "
                                    f"not {self.location!r}")
 
@@ -179,6 +184,7 @@ def _gpu_model() -> str | None:
 REVISION_FIELDS: dict[str, tuple[str, ...]] = {
     "tvm": ("cpu_model", "cpu_id", "cores", "machine", "llvm_cpu", "governor", "gpu_model", "tvm", "tvm_ffi"),
     "torch": ("cpu_model", "cpu_id", "cores", "machine", "governor", "gpu_model", "torch"),
+    "onnxruntime": ("cpu_model", "cpu_id", "cores", "machine", "governor", "onnxruntime"),
 }
 
 
@@ -269,10 +275,12 @@ def local_cpu_profile(*, threads: int | None = None) -> DeviceProfile:
 
 @functools.cache  # the fingerprint is probed once per process
 def builtin_devices() -> dict[str, DeviceProfile]:
-    """Profiles that need no registration: this machine's CPU through TVM, and through PyTorch eager."""
+    """Profiles that need no registration: this machine's CPU through TVM, through PyTorch eager and through
+    ONNX Runtime (what ONNX bundles deploy with), each under the same protocol."""
     cpu = local_cpu_profile()
     return {cpu.name: cpu,
-            "local-cpu-torch": dataclasses.replace(cpu, name="local-cpu-torch", runtime="torch")}
+            "local-cpu-torch": dataclasses.replace(cpu, name="local-cpu-torch", runtime="torch"),
+            "local-cpu-ort": dataclasses.replace(cpu, name="local-cpu-ort", runtime="onnxruntime")}
 
 
 def builtin_device(name: str) -> DeviceProfile:

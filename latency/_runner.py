@@ -2,6 +2,7 @@
 
 - `TVMLocalRunner`: a TVM library on this machine's CPU (or a local CUDA GPU);
 - `TorchRunner`: the same two graphs in PyTorch eager (CPU or CUDA), the baseline;
+- `OrtRunner`: the same two graphs exported to ONNX (as ONNX bundles ship them) in ONNX Runtime on the CPU;
 - `RPCRunner`: a TVM library uploaded to a device registered at a TVM RPC tracker.
 
 Every measurement happens in a worker process under a timeout, so a crash or a hang costs
@@ -35,7 +36,10 @@ from hwnas.kernels import (
     DecoderStepGraph,
     EncoderGraph,
     example_inputs,
+    export_onnx,
     input_specs,
+    onnx_feed,
+    onnx_sessions,
     random_inputs,
     subnet_model,
 )
@@ -371,6 +375,72 @@ class TorchRunner(_PooledRunner):
 
     def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
         return (item.build, protocol, self.device)
+
+
+def _load_ort(build: BuildInput, protocol: MeasureConfig) -> list[tuple[Any, dict[str, Any]]]:
+    """Each graph's ONNX Runtime session with its feed: the subnet exported to ONNX in a directory that lives as
+    long as the sessions need it (ONNX Runtime reads the file once, when the session opens)."""
+    import tempfile
+
+    import torch
+
+    model = subnet_model(build)
+    shapes = {"src_len": build.source_length_tokens, "cache_len": build.cache_len}
+    specs = input_specs(build.subnet, build.model_config, batch=build.batch, **shapes)
+    with tempfile.TemporaryDirectory(prefix="hwnas-ort-") as tmp:
+        paths = export_onnx(model, Path(tmp), source_length_tokens=build.source_length_tokens,
+                            cache_len=build.cache_len, batch=build.batch)
+        sessions = onnx_sessions(paths, threads=protocol.threads)
+    args = dict(zip((ENCODER, DECODER_STEP), example_inputs(model, batch=build.batch, **shapes), strict=True))
+    with torch.inference_mode():
+        return [(sessions[g], onnx_feed(sessions[g], [n for n, _, _ in specs[g]], [a.numpy() for a in args[g]]))
+                for g in (ENCODER, DECODER_STEP)]
+
+
+def _time_ort_pass(graphs: list[tuple[Any, dict[str, Any]]],
+                   protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+    """One pass: warm-up, then `runs_per_pass` timed runs of each graph's session."""
+    out = []
+    for sess, feed in graphs:
+        # cast: mypy cannot infer a lambda whose defaults bind the loop variables
+        call = cast(Callable[[], Any], lambda s=sess, f=feed: s.run(None, f))
+        out.append(time_calls(call, warmup=protocol.warmup_runs, runs=protocol.runs_per_pass,
+                              number=protocol.number, cooldown_ms=protocol.cooldown_ms))
+    return out[0], out[1]
+
+
+def measure_ort(build: BuildInput, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+    graphs = _load_ort(build, protocol)
+    enc: list[float] = []
+    dec: list[float] = []
+    for _ in range(protocol.passes):
+        e, d = _time_ort_pass(graphs, protocol)
+        enc += e
+        dec += d
+    return enc, dec
+
+
+def _ort_pass(slot: str, build: BuildInput, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
+    """One pass of an interleaved run; the sessions stay loaded in this worker under `slot`."""
+    if slot not in _LOADED:
+        _LOADED[slot] = _load_ort(build, protocol)
+    return _time_ort_pass(_LOADED[slot], protocol)
+
+
+class OrtRunner(_PooledRunner):
+    """ONNX Runtime's CPU execution provider on the graphs an ONNX bundle ships (exported the same way), so an
+    ONNX bundle's certificate times what its user deploys."""
+
+    name = "onnxruntime"
+
+    def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
+        return measure_ort
+
+    def _pass_job(self) -> Callable[..., tuple[list[float], list[float]]]:
+        return _ort_pass
+
+    def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
+        return (item.build, protocol)
 
 
 def check_tracker(tracker: str, key: str, *, timeout_s: float = 5.0) -> None:

@@ -20,7 +20,8 @@ devices_app = typer.Typer(no_args_is_help=True, help="Device profiles and remote
 kernels_app = typer.Typer(no_args_is_help=True, help="TVM kernels: MetaSchedule tuning per (device, space).")
 latency_app = typer.Typer(no_args_is_help=True, help="Measure subnets on devices; train latency predictors.")
 
-DeviceOpt = Annotated[str, typer.Option("--device", help="Device profile name (built-in: local-cpu, local-cpu-torch)")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="Device profile name (built-in: local-cpu, local-cpu-torch, local-cpu-ort)")]
 SpaceOpt = Annotated[str, typer.Option("--space", help="Search space name or .json file")]
 
 
@@ -132,7 +133,7 @@ def devices_add(
     name: Annotated[str, typer.Argument(help="A new device name")],
     kind: Annotated[str, typer.Option(help="cpu, gpu or iot")],
     target: Annotated[str, typer.Option(help='TVM target as JSON, e.g. {"kind": "llvm", "mcpu": "znver4"}')],
-    runtime: Annotated[str, typer.Option(help="tvm or torch")] = "tvm",
+    runtime: Annotated[str, typer.Option(help="tvm, torch or onnxruntime (this machine's CPU only)")] = "tvm",
     tracker: Annotated[str | None, typer.Option(help="HOST:PORT of the RPC tracker (remote devices)")] = None,
     key: Annotated[str | None, typer.Option(help="RPC device key (remote devices)")] = None,
     timed_runs: Annotated[int, typer.Option(min=20, help="Timed runs per measurement")] = 100,

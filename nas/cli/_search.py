@@ -152,10 +152,16 @@ def export_command(
     candidate: Annotated[int, typer.Option("--candidate", help="Candidate id (the first column of `search show`)")],
     fmt: Annotated[str, typer.Option("--format", help="torchscript | onnx | tvm")] = "onnx",
     out: Annotated[Path | None, typer.Option(help="Bundle directory (default: under $HWNAS_HOME/exports)")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="Device of the certificate; its runtime must be the format's (onnx: onnxruntime, torchscript: torch, "
+             "tvm: tvm). Default: the job's device, or this machine's CPU under the format's runtime")] = None,
 ) -> None:
-    """Write a candidate as a standalone bundle: model, config, tokenizer and a latency certificate."""
+    """Write a candidate as a standalone bundle: model, config, tokenizer and a latency certificate measured with
+    the runtime the format deploys with."""
+    from hwnas.export import load_bundle
     from hwnas.jobs import export_candidate
 
     target = out or settings().exports_dir() / f"job-{job}-candidate-{candidate}-{fmt}"
-    path = export_candidate(db(), job, candidate, fmt=fmt, out_dir=target)
+    path = export_candidate(db(), job, candidate, fmt=fmt, out_dir=target, device=device)
     console.print(f"wrote {path}")
+    console.print(load_bundle(path).covers())

@@ -2,11 +2,13 @@
 
     from hwnas.export import load_bundle
     bundle = load_bundle("bundle/")           # every file checked against its manifest
+    print(bundle.covers())                    # what its latency certificate covers: device, revision, runtime
     memory, *cross_kv = bundle.run_encoder(src)   # then bundle.run_decoder_step(...) per token
 """
 
 from hwnas.export._bundle import (
     BUNDLE_FORMAT,
+    FORMAT_RUNTIME,
     FORMATS,
     Bundle,
     ExportFormat,
@@ -20,6 +22,7 @@ from hwnas.export._bundle import (
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "FORMAT_RUNTIME",
     "FORMATS",
     "Bundle",
     "ExportFormat",

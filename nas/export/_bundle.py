@@ -51,9 +51,14 @@ from hwnas.kernels import (
     GraphSpec,
     build_one,
     example_inputs,
+    export_onnx,
+    graph_output_names,
     host_target,
     input_specs,
     make_target,
+    onnx_feed,
+    onnx_session,
+    quiet_tracer,
 )
 from hwnas.latency import DeviceProfile, MeasurementRecord, RunResult, cv, split_passes, tvm_device
 from hwnas.search_spaces import SubnetConfig
@@ -61,6 +66,8 @@ from hwnas.supernet import ModelConfig, SubTransformer, load_subtransformer, sav
 
 ExportFormat = Literal["torchscript", "onnx", "tvm"]
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
+# The runtime each format deploys with, and so the runtime its certificate must be measured with.
+FORMAT_RUNTIME: dict[str, str] = {"torchscript": "torch", "onnx": "onnxruntime", "tvm": "tvm"}
 BUNDLE_FORMAT = "hwnas-bundle/1"
 MANIFEST, CONFIG, TOKENIZER, WEIGHTS, CERTIFICATE = (
     "manifest.json", "config.json", "tokenizer.json", "weights.pt", "certificate.json")
@@ -211,73 +218,13 @@ class LatencyCertificate:
 # --- writing -------------------------------------------------------------------------------------------
 
 
-def graph_output_names(cfg: SubnetConfig) -> dict[str, list[str]]:
-    """Names of the outputs of the two graphs, in order (see `hwnas.kernels._graphs`)."""
-    layers = range(cfg.decoder_layer_num)
-    return {ENCODER: [f"{kv}{i}" for i in layers for kv in ("cross_k", "cross_v")],
-            DECODER_STEP: ["logits", *(f"{kv}{i}" for i in layers for kv in ("new_self_k", "new_self_v"))]}
-
-
-def export_onnx(model: SubTransformer, out_dir: Path, *, source_length_tokens: int = DEFAULT_TOKENS,
-                cache_len: int = DEFAULT_TOKENS) -> dict[str, Path]:
-    """Write `encoder.onnx` and `decoder_step.onnx` (batch 1, fixed shapes) into `out_dir`.
-
-    Inputs and outputs are named as in `input_specs` and `graph_output_names`. ONNX may drop an
-    input it folded away; feed a session only the inputs it lists.
-
-    Args:
-        model: The SubTransformer, in eval mode.
-        out_dir: An existing directory.
-        source_length_tokens: Source sentence length of the encoder graph.
-        cache_len: Key/value cache slots of the decoder-step graph.
-
-    Returns:
-        The path of each graph's file, by graph name (`encoder`, `decoder_step`).
-    """
-    enc_in, step_in = example_inputs(model, batch=BATCH, src_len=source_length_tokens, cache_len=cache_len)
-    specs = input_specs(model.cfg, model.mc, batch=BATCH, src_len=source_length_tokens, cache_len=cache_len)
-    outputs = graph_output_names(model.cfg)
-    paths = {}
-    with torch.no_grad(), warnings.catch_warnings():
-        _quiet_tracer()
-        # Benign: an un-folded Slice stays a runtime op; the graph is still correct.
-        warnings.filterwarnings("ignore", category=UserWarning, message=r"Constant folding - Only steps=1")
-        # dynamo=False on purpose (see below): the deprecation notice is for users of the default exporter.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*legacy TorchScript-based ONNX")
-        for name, graph, args in ((ENCODER, EncoderGraph(model), enc_in), (DECODER_STEP, DecoderStepGraph(model),
-                                                                           step_in)):
-            path = Path(out_dir) / f"{name}.onnx"
-            # The TorchScript-based exporter: fixed shapes need none of the dynamo exporter's machinery.
-            torch.onnx.export(graph, args, str(path), dynamo=False, input_names=[n for n, _, _ in specs[name]],
-                              output_names=outputs[name])
-            paths[name] = path
-    return paths
-
-
-def onnx_session(path: str | Path, *, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session for one exported graph (`threads` pins intra-op threads)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _quiet_tracer() -> None:
-    """Inside `warnings.catch_warnings()`: silence the tracer's noise about these graphs."""
-    warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit.*")
-    # The only TracerWarning is math.sqrt(head size) in attention: a shape, constant in a fixed-shape graph.
-    warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-
-
 def _export_torchscript(model: SubTransformer, out_dir: Path, *, source_length_tokens: int,
                         cache_len: int) -> None:
     # Traced, not scripted: torch.jit.script rejects the model (aten::finfo, NamedTuple outputs); the graphs
     # are fixed-shape by design, so a trace loses nothing (load_bundle's tests vary position and mask).
     enc_in, step_in = example_inputs(model, batch=BATCH, src_len=source_length_tokens, cache_len=cache_len)
     with torch.no_grad(), warnings.catch_warnings():
-        _quiet_tracer()
+        quiet_tracer()
         for name, graph, args in ((ENCODER, EncoderGraph(model), enc_in), (DECODER_STEP, DecoderStepGraph(model),
                                                                            step_in)):
             torch.jit.trace(graph, args).save(str(out_dir / f"{name}.pt"))
@@ -383,9 +330,16 @@ def export_bundle(*, model: SubTransformer, tokenizer: Tokenizer, out_dir: str |
     if certificate is not None and SubnetConfig.from_dict(certificate.subnet) != model.cfg:
         raise ExportError(f"the certificate is for subnet {SubnetConfig.from_dict(certificate.subnet).key()}, "
                           f"the model is subnet {model.cfg.key()}")
+    if certificate is not None and certificate.runtime != FORMAT_RUNTIME[fmt]:
+        raise ExportError(f"{fmt} bundles run on {FORMAT_RUNTIME[fmt]}, but the certificate was measured with "
+                          f"{certificate.runtime} on '{certificate.device}': measure it on a device of runtime "
+                          f"{FORMAT_RUNTIME[fmt]}")
     _check_free(out)
     if fmt == "tvm":
         target = json.loads(json.dumps(target)) if target is not None else host_target()
+        if certificate is not None and certificate.target != target:
+            raise ExportError(f"the certificate was measured for target {json.dumps(certificate.target)}, the "
+                              f"library would be built for {json.dumps(target)}")
         make_target(target)  # a bad target fails now, in one line, before minutes of work
         if tuning_dir is not None and not Path(tuning_dir).is_dir():
             raise ExportError(f"tuning directory '{tuning_dir}' does not exist")
@@ -468,6 +422,25 @@ class Bundle:
         self.path, self.manifest, self.config, self.certificate = path, manifest, config, certificate
         self.format: str = manifest["format"]
         self._runtime: _Runtime | None = None
+
+    @property
+    def runtime(self) -> str:
+        """The runtime the bundle's model runs on (`torch`, `onnxruntime` or `tvm`)."""
+        return FORMAT_RUNTIME[self.format]
+
+    def covers(self) -> str:
+        """One line: what the certificate covers (latency, device and revision, runtime), or that there is none,
+        or that it was measured with another runtime than the bundle's (bundles written before certificates
+        followed the format)."""
+        c = self.certificate
+        if c is None:
+            return f"no latency certificate: this {self.format} bundle's latency was never measured"
+        rev = f" rev {c.revision}" if c.revision is not None else ""
+        line = (f"certificate: {c.latency_ms:.2f} ms median (p90 {c.latency_p90_ms:.2f}) per sentence of "
+                f"{c.decode_steps} tokens on device '{c.device}'{rev} with {c.runtime}")
+        if c.runtime != self.runtime:
+            line += f"; NOT with {self.runtime}, the runtime this {self.format} bundle runs on"
+        return line
 
     @property
     def subnet(self) -> SubnetConfig:
@@ -553,8 +526,7 @@ class _OnnxRuntime(_Runtime):
 
     def run(self, graph: str, arrays: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
         sess = self.sessions[graph]
-        wanted = {i.name for i in sess.get_inputs()}  # ONNX drops inputs it folded away
-        return list(sess.run(None, {n: a for n, a in zip(names, arrays, strict=True) if n in wanted}))
+        return list(sess.run(None, onnx_feed(sess, names, arrays)))
 
 
 class _TVMRuntime(_Runtime):

@@ -12,25 +12,50 @@ from pathlib import Path
 from sqlalchemy import select
 
 from hwnas.db import Candidate, Database, Export
-from hwnas.exceptions import HwnasError, NotFoundError
-from hwnas.export import LatencyCertificate, export_bundle
+from hwnas.exceptions import ExportError, HwnasError, MeasurementError, NotFoundError
+from hwnas.export import FORMAT_RUNTIME, LatencyCertificate, export_bundle
 from hwnas.jobs._spec import ExportStatus
-from hwnas.jobs._store import get_job, job_provenance
-from hwnas.latency import DeviceRegistry, SQLMeasurementStore, measure
+from hwnas.jobs._store import get_job, tuning_to_use
+from hwnas.latency import DeviceProfile, DeviceRegistry, MeasurementRecord, SQLMeasurementStore, measure
 from hwnas.search_spaces import SubnetConfig, get_space
 from hwnas.settings import Settings
 from hwnas.supernet import load_supernet
 
-__all__ = ["export_candidate", "export_dir", "run_export"]
+__all__ = ["certificate_device", "export_candidate", "export_dir", "run_export"]
+
+
+# This machine's CPU under each runtime: where a local CPU job's bundle is certified when its format runs on
+# another runtime than the job's device (an ONNX bundle of a TVM search is timed by ONNX Runtime).
+LOCAL_CPU_BY_RUNTIME = {"tvm": "local-cpu", "torch": "local-cpu-torch", "onnxruntime": "local-cpu-ort"}
+
+
+def certificate_device(db: Database, job_device: str, fmt: str, device: str | None = None) -> DeviceProfile:
+    """The device a `fmt` bundle's certificate is measured on: `device` when given (its runtime must be the
+    format's), else the job's device when its runtime is the format's, else this machine's CPU under the
+    format's runtime when the job's device is a local CPU. Anything else is one clear error, never another
+    runtime's figure."""
+    if fmt not in FORMAT_RUNTIME:
+        raise ExportError(f"unknown export format '{fmt}' (one of {', '.join(FORMAT_RUNTIME)})")
+    runtime, registry = FORMAT_RUNTIME[fmt], DeviceRegistry(db)
+    profile = registry.get(device or job_device)
+    if profile.runtime == runtime:
+        return profile
+    if device is None and profile.location == "local" and profile.kind == "cpu":
+        return registry.get(LOCAL_CPU_BY_RUNTIME[runtime])
+    raise ExportError(f"{fmt} bundles run on {runtime}, but device '{profile.name}' measures with "
+                      f"{profile.runtime}: name a device of runtime {runtime} for its certificate (--device; "
+                      f"this machine's CPU: {LOCAL_CPU_BY_RUNTIME[runtime]})")
 
 
 def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, out_dir: str | Path,
-                     record: bool = True) -> Path:
-    """Extract the candidate from the job's supernet, certify its latency on the job's device, write the bundle.
+                     record: bool = True, device: str | None = None) -> Path:
+    """Extract the candidate from the job's supernet, certify its latency, write the bundle.
 
-    The certificate is the stored measurement under the job's protocol and tuning database (the front's
-    verification measured it); a candidate never measured is measured now, and the record kept.
-    `record=False` leaves the `exports` row to the caller (the service keeps its own).
+    The certificate is measured with the runtime the format deploys with, on `certificate_device`: the job's
+    device when it measures with that runtime (the front's verification measured the candidate there, and that
+    stored measurement is reused), else this machine's CPU under that runtime, or `device`. A candidate never
+    measured there is measured now, and the record kept. `record=False` leaves the `exports` row to the caller
+    (the service keeps its own).
     """
     spec = get_job(db, job_id).spec
     with db.session() as s:
@@ -39,20 +64,31 @@ def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, 
             raise NotFoundError(f"search job {job_id} has no candidate {candidate_id} (see: hwnas search show "
                                 f"{job_id})")
         subnet = SubnetConfig.from_dict(row.subnet)
-    device, space = DeviceRegistry(db).get(spec.device), get_space(spec.space)
-    supernet = load_supernet(spec.supernet)
-    store, prov = SQLMeasurementStore(db), job_provenance(db, spec)
-    found = [r for r in store.records_of(prov) if r.subnet == subnet and r.result.ok]
+    profile = certificate_device(db, spec.device, fmt, device)
+    tuning_dir = spec.tuning_dir if profile.name == spec.device else tuning_to_use(profile, spec.space)
+    space, supernet = get_space(spec.space), load_supernet(spec.supernet)
+    store, registry = SQLMeasurementStore(db), DeviceRegistry(db)
+    mc = supernet.model.mc
+
+    def stored() -> list[MeasurementRecord]:
+        if registry.revision(profile) is None:  # a revision never measured: nothing stored
+            return []
+        prov = registry.provenance(profile, space, mc, tuning_dir)
+        return [r for r in store.records_of(prov) if r.subnet == subnet and r.result.ok]
+
+    found = stored()
     if not found:
-        rec = measure(device=device, space=space, model_config=supernet.model.mc, subnets=[subnet],
-                      tuning_dir=spec.tuning_dir)[0]
+        (rec,) = measure(device=profile, space=space, model_config=mc, subnets=[subnet], tuning_dir=tuning_dir)
         store.add(rec)
-        found = [rec]
-    certificate = LatencyCertificate.from_record(found[-1], device) if found[-1].result.ok else None
-    tvm = fmt == "tvm" and device.runtime == "tvm"
+        if not rec.result.ok:
+            raise MeasurementError(f"cannot certify candidate {candidate_id} on '{profile.name}': its measurement "
+                                   f"failed ({rec.result.error})")
+        found = stored()  # as stored: with its revision
+    certificate = LatencyCertificate.from_record(found[-1], profile)
+    tvm = fmt == "tvm"
     path = export_bundle(model=supernet.model.extract_subnet(subnet).eval(), tokenizer=supernet.tokenizer,
                          out_dir=out_dir, fmt=fmt, certificate=certificate,  # type: ignore[arg-type]
-                         target=device.target if tvm else None, tuning_dir=spec.tuning_dir if tvm else None)
+                         target=profile.target if tvm else None, tuning_dir=tuning_dir if tvm else None)
     if not record:
         return Path(path)
     with db.session() as s:

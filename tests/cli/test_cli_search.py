@@ -64,10 +64,14 @@ def test_search_run_show_and_list(setup: tuple[Path, Path, Path, float]) -> None
     listed = hwnas("search", "list", home=home)
     assert re.search(rf"{job}\s+│\s+finished", listed.stdout), listed.stdout
     candidate = rows[0].split("│")[0].strip() or rows[0].split("│")[1].strip()
-    exported = hwnas("export", str(job), "--candidate", candidate, "--format", "onnx", "--out", str(home / "b"),
-                     home=home)
+    exported = hwnas("export", str(job), "--candidate", candidate, "--format", "torchscript", "--out",
+                     str(home / "b"), home=home)
     assert exported.returncode == 0, exported.stderr
     assert json.loads((home / "b" / "certificate.json").read_text())["device"] == "local-cpu-torch"
+    assert re.search(r"certificate: [\d.]+ ms median .* on device 'local-cpu-torch' rev 1 with torch", exported.stdout)
+    assert_clean_error(hwnas("export", str(job), "--candidate", candidate, "--format", "onnx", "--device",
+                             "local-cpu-torch", home=home), "onnx bundles run on onnxruntime, but device "
+                                                            "'local-cpu-torch' measures with torch")
     assert_clean_error(hwnas("export", str(job), "--candidate", "99999", home=home), "has no candidate 99999")
 
 

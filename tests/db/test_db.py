@@ -23,7 +23,7 @@ from hwnas.latency import DeviceProfile, DeviceRegistry, MeasureConfig
 MODEL_TABLES = {"devices", "measurements", "predictors", "supernets"}
 TARGET = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
 PROTOCOL = {"batch": 1, "source_tokens": 30, "warmup": 5, "runs": 20}
-BUILT_IN = ["local-cpu", "local-cpu-torch"]
+BUILT_IN = ["local-cpu", "local-cpu-torch", "local-cpu-ort"]
 
 
 def _add(db: Database, name: str = "pi", **overrides: object) -> DeviceProfile:
@@ -226,15 +226,16 @@ def test_duplicate_and_unknown_devices(db: Database) -> None:
         _add(db, "pi", kind="gpu")
     assert reg.get("pi").kind == "cpu"  # the first registration stands
 
-    with pytest.raises(NotFoundError, match=r"unknown device 'nope' \(known: jetson, local-cpu, local-cpu-torch, "
-                                            r"pi\)") as info:
+    with pytest.raises(NotFoundError, match=r"unknown device 'nope' \(known: jetson, local-cpu, local-cpu-ort, "
+                                            r"local-cpu-torch, pi\)") as info:
         reg.get("nope")
     assert isinstance(info.value, LookupError) and isinstance(info.value, HwnasError)
     with pytest.raises(NotFoundError, match="unknown device 'nope'"):
         reg.remove("nope")
     reg.remove("pi")
     reg.remove("jetson")
-    with pytest.raises(NotFoundError, match=r"unknown device 'pi' \(known: local-cpu, local-cpu-torch\)"):
+    with pytest.raises(NotFoundError,
+                       match=r"unknown device 'pi' \(known: local-cpu, local-cpu-ort, local-cpu-torch\)"):
         reg.get("pi")
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 
 from hwnas.exceptions import ExportError, MeasurementError
-from hwnas.export import FORMATS, LatencyCertificate, export_bundle, load_bundle
+from hwnas.export import FORMATS, Bundle, LatencyCertificate, export_bundle, load_bundle
 from hwnas.kernels import DecoderStepGraph, EncoderGraph, input_specs
 from hwnas.latency import DeviceProfile, MeasureConfig, MeasurementRecord, RunResult, builtin_device, measure
 from hwnas.search_spaces import SearchSpace, SubnetConfig
@@ -311,19 +312,26 @@ def test_bundle_carries_its_certificate(tmp_path: Path, measured: tuple[Measurem
                                         model: SubTransformer, tokenizer: Tokenizer, tiny_space: SearchSpace) -> None:
     record, device = measured
     cert = LatencyCertificate.from_record(record, device)
-    out = export_bundle(model=model, tokenizer=tokenizer, out_dir=tmp_path / "b", fmt="onnx", certificate=cert)
+    # a certificate measured with PyTorch certifies a TorchScript bundle, not an ONNX one (ONNX Runtime runs that)
+    with pytest.raises(ExportError, match="onnx bundles run on onnxruntime, but the certificate was measured with "
+                                          "torch on 'local-cpu-torch'"):
+        export_bundle(model=model, tokenizer=tokenizer, out_dir=tmp_path / "c", fmt="onnx", certificate=cert)
+    out = export_bundle(model=model, tokenizer=tokenizer, out_dir=tmp_path / "b", fmt="torchscript",
+                        certificate=cert)
     bundle = load_bundle(out)
     assert bundle.certificate == cert
+    assert re.fullmatch(r"certificate: [\d.]+ ms median \(p90 [\d.]+\) per sentence of 12 tokens on device "
+                        r"'local-cpu-torch' with torch", bundle.covers()), bundle.covers()
     # The graphs take the shapes the latency was measured at.
     assert bundle.config["source_length_tokens"] == bundle.config["cache_len"] == 12
     assert len(bundle.run_encoder(np.full((1, 12), 5, dtype=np.int64))) == 2 * model.cfg.decoder_layer_num
 
     with pytest.raises(ExportError, match="measured at batch 1, 12 source tokens, 12 decoder steps"):
-        export_bundle(model=model, tokenizer=tokenizer, out_dir=tmp_path / "c", fmt="onnx", certificate=cert,
+        export_bundle(model=model, tokenizer=tokenizer, out_dir=tmp_path / "c", fmt="torchscript", certificate=cert,
                       source_length_tokens=30)
     other = SuperTransformer(tiny_space, model.mc).extract_subnet(tiny_space.smallest())
     with pytest.raises(ExportError, match="the certificate is for subnet"):
-        export_bundle(model=other, tokenizer=tokenizer, out_dir=tmp_path / "c", fmt="onnx", certificate=cert)
+        export_bundle(model=other, tokenizer=tokenizer, out_dir=tmp_path / "c", fmt="torchscript", certificate=cert)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
     # certificate.json is covered by the manifest like every other file.
@@ -331,3 +339,23 @@ def test_bundle_carries_its_certificate(tmp_path: Path, measured: tuple[Measurem
     (out / "certificate.json").write_text(text.replace('"runtime": "torch"', '"runtime": "tvm"'))
     with pytest.raises(ExportError, match="file 'certificate.json' does not match"):
         load_bundle(out)
+
+
+def test_onnx_bundle_is_certified_by_onnx_runtime(tmp_path: Path, tiny_space: SearchSpace, tiny_mc: ModelConfig,
+                                                   model: SubTransformer, tokenizer: Tokenizer,
+                                                   measured: tuple[MeasurementRecord, DeviceProfile]) -> None:
+    """`local-cpu-ort` times the ONNX graphs in ONNX Runtime; its certificate is what an ONNX bundle carries."""
+    device = dataclasses.replace(builtin_device("local-cpu-ort"),
+                                 protocol=MeasureConfig(warmup_runs=2, timed_runs=15, threads=1))
+    (record,) = measure(device=device, space=tiny_space, model_config=tiny_mc, subnets=[model.cfg], timeout_s=300)
+    assert record.result.ok, record.result.error
+    cert = LatencyCertificate.from_record(record, device)
+    assert cert.runtime == "onnxruntime" and len(cert.encoder_ms) == 15 and cert.latency_ms > 0
+    bundle = load_bundle(export_bundle(model=model, tokenizer=tokenizer, out_dir=tmp_path / "b", fmt="onnx",
+                                       certificate=cert))
+    assert bundle.runtime == "onnxruntime" and bundle.certificate == cert
+    assert bundle.covers().endswith("on device 'local-cpu-ort' with onnxruntime"), bundle.covers()
+    # A bundle written before certificates followed the format says what its certificate does not cover.
+    torch_cert = LatencyCertificate.from_record(*measured)
+    old = Bundle(bundle.path, bundle.manifest, bundle.config, torch_cert)
+    assert old.covers().endswith("with torch; NOT with onnxruntime, the runtime this onnx bundle runs on")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hwnas.db import Database
-from hwnas.exceptions import CheckpointError, InfeasibleConstraintError, NotFoundError, SearchError
+from hwnas.exceptions import CheckpointError, ExportError, InfeasibleConstraintError, NotFoundError, SearchError
 from hwnas.export import load_bundle
 from hwnas.jobs import (
     Evaluator,
@@ -274,9 +274,18 @@ def test_front_is_measured_then_exported(db: Database, spec: Callable[..., Searc
         assert m.error is None and m.measured_latency_ms is not None and m.measured_latency_ms > 0
         assert m.meets_constraint == (m.measured_latency_ms <= budget_ms)  # flagged, never silently returned
     best = min(members, key=lambda m: m.candidate.loss or 0.0)
-    bundle = load_bundle(export_candidate(db, job_id, best.candidate.id, fmt="onnx", out_dir=tmp_path / "b"))
+    # TorchScript runs on PyTorch, the job device's runtime: the front's measurement is the certificate
+    bundle = load_bundle(export_candidate(db, job_id, best.candidate.id, fmt="torchscript", out_dir=tmp_path / "b"))
     assert bundle.subnet == best.candidate.subnet and bundle.certificate is not None
-    assert bundle.certificate.device == DEVICE
+    assert bundle.certificate.device == DEVICE and bundle.certificate.runtime == "torch"
     assert bundle.certificate.latency_ms == pytest.approx(best.measured_latency_ms)  # the front's measurement
+    # ONNX runs on ONNX Runtime: certified by this CPU under ONNX Runtime, measured now and kept
+    onnx = load_bundle(export_candidate(db, job_id, best.candidate.id, fmt="onnx", out_dir=tmp_path / "o"))
+    assert onnx.certificate is not None and onnx.certificate.device == "local-cpu-ort"
+    assert onnx.certificate.runtime == "onnxruntime" and "with onnxruntime" in onnx.covers()
+    assert onnx.certificate.revision == 1 and onnx.certificate.subnet == best.candidate.subnet.to_dict()
+    with pytest.raises(ExportError, match="onnx bundles run on onnxruntime, but device 'local-cpu' measures with "
+                                          "tvm: name a device of runtime onnxruntime"):
+        export_candidate(db, job_id, best.candidate.id, fmt="onnx", out_dir=tmp_path / "x", device="local-cpu")
     with pytest.raises(NotFoundError, match="has no candidate 99999"):
         export_candidate(db, job_id, 99999, fmt="onnx", out_dir=tmp_path / "c")

@@ -106,7 +106,7 @@ def test_device_registry(db: Database) -> None:
     reg.add(pi)
     assert reg.get("rpi4") == pi
     names = [d.name for d in reg.list()]
-    assert names[:2] == ["local-cpu", "local-cpu-torch"] and "rpi4" in names
+    assert names[:3] == ["local-cpu", "local-cpu-torch", "local-cpu-ort"] and "rpi4" in names
     with pytest.raises(DuplicateError, match="already exists"):
         reg.add(pi)
     with pytest.raises(DuplicateError, match="built in"):
