@@ -20,6 +20,7 @@ from hwnas.latency._collect import (
     drift_factor,
     latency_model_key,
     measure,
+    reference_build_dir,
     reference_subnet,
     runner_for,
     tuning_key,
@@ -52,6 +53,7 @@ from hwnas.latency._predictor import (
     hat_features,
 )
 from hwnas.latency._protocol import MeasureConfig, RunResult, cv, median, split_passes, trimmed_mean
+from hwnas.latency._ray import node_resource, ray_node_command
 from hwnas.latency._registry import (
     DeviceRegistry,
     Revision,
@@ -121,7 +123,9 @@ __all__ = [
     "local_cpu_profile",
     "local_fingerprint",
     "loopback_rpc",
+    "node_resource",
     "measure",
+    "reference_build_dir",
     "measure_config",
     "measure_ort",
     "measure_torch",
@@ -130,6 +134,7 @@ __all__ = [
     "parse_tracker",
     "probe_fingerprint",
     "protocol_for",
+    "ray_node_command",
     "reference_subnet",
     "revision_fields",
     "runner_for",

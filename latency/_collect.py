@@ -11,6 +11,8 @@ import abc
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -198,6 +200,8 @@ def runner_for(device: DeviceProfile, *, timeout_s: float = 300.0) -> Runner:
         return OrtRunner(timeout_s=timeout_s)
     if device.location == "local":
         return TVMLocalRunner(timeout_s=timeout_s)
+    if device.location == "ray":
+        raise MeasurementError(f"device '{device.name}' is a Ray node: measure() runs it there, as a local device")
     if not device.tracker or not device.rpc_key:
         raise MeasurementError(f"device '{device.name}' is remote but has no tracker/key")
     return RPCRunner(tracker=device.tracker, key=device.rpc_key, timeout_s=timeout_s)
@@ -211,15 +215,24 @@ def reference_subnet(space: SearchSpace) -> SubnetConfig:
 def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, subnets: Sequence[SubnetConfig],
             tuning_dir: str | None = None, work_dir: str | None = None, build_workers: int = 1,
             timeout_s: float = 600.0, reference_cache: dict[str, str] | None = None,
-            fingerprint: dict[str, Any] | None = None) -> list[MeasurementRecord]:
+            fingerprint: dict[str, Any] | None = None, reference_root: str | Path | None = None
+            ) -> list[MeasurementRecord]:
     """Build and time `subnets` on `device`; one record per subnet, failures included.
 
     Under `protocol.reference` the reference subnet is timed with them (first, interleaved like the
     rest) and its latency stored with every record; its build is kept in `reference_cache` (a dict
     the caller holds for a whole collection, with `work_dir` outliving it) when one is given.
+    `reference_root` keeps it on disk instead, across calls and processes: a directory under which each
+    provenance's reference build is kept (`reference_build_dir`), reused when there, built there otherwise.
     Each record carries the device's `fingerprint` as probed now (`probe_fingerprint`, unless the caller
     probed it already).
     """
+    if device.location == "ray":  # all of it on the device's node, which measures as a local device there
+        from hwnas.latency._ray import on_node
+
+        return on_node(device, _measure_local, space=space, model_config=model_config, subnets=list(subnets),
+                       tuning_dir=tuning_dir, build_workers=build_workers, timeout_s=timeout_s,
+                       fingerprint=fingerprint, reference_root=reference_root)
     protocol = protocol_for(device, space)
     runner = runner_for(device, timeout_s=timeout_s)
     if isinstance(runner, RPCRunner):
@@ -237,6 +250,10 @@ def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
     cache = reference_cache if reference_cache is not None else {}
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         ref_key = f"{device.name}:{key}:{ref_build.subnet.key()}" if ref_build else ""
+        if ref_build is not None and reference_root is not None and device.runtime == "tvm":
+            where = reference_build_dir(reference_root, dataclasses.replace(device, fingerprint=fingerprint), space,
+                                        model_config, key)
+            _reference_from_disk(where, ref_build, ref_key, cache, build_workers, timeout_s)
         if device.runtime == "tvm":
             todo, dirs = list(builds), [str(Path(tmp) / str(i)) for i in range(len(builds))]
             if ref_build is not None and ref_key not in cache:
@@ -270,6 +287,47 @@ def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
                               reference_ms=reference_ms if r.ok else None, model_key=latency_model_key(model_config),
                               fingerprint=fingerprint)
             for cfg, r in zip(subnets, cast(list[RunResult], results), strict=True)]
+
+
+def _measure_local(device: DeviceProfile, **kwargs: Any) -> list[MeasurementRecord]:
+    return measure(device=device, **kwargs)
+
+
+def reference_build_dir(root: str | Path, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig,
+                        tuning: str) -> Path:
+    """Where the reference subnet's build for a provenance lives under `root`. A library depends on all of it: the
+    device revision (its fingerprint: compiler and CPU), its target, the space's shapes under the device's
+    protocol, the model, and the tuning database (`tuning`: its `tuning_key`)."""
+    what = json.dumps([fingerprint_key(device.fingerprint, device.runtime), device.target, space.name,
+                       reference_subnet(space).key(), protocol_for(device, space).key(),
+                       latency_model_key(model_config), tuning], sort_keys=True, default=str)
+    return Path(root) / f"{device.name}-{hashlib.sha1(what.encode()).hexdigest()[:16]}"
+
+
+def _reference_from_disk(where: Path, build: BuildInput, ref_key: str, cache: dict[str, str], workers: int,
+                         timeout_s: float) -> None:
+    """Put the reference build of `where` into `cache`: the one there when it is this build, else built there
+    (in a sibling directory renamed into place, so a reader never sees half a build; of two processes building
+    at once, the first rename wins and the other's build is dropped)."""
+    meta = where / "meta.json"
+    try:
+        if json.loads(meta.read_text()).get("subnet") == build.subnet.to_dict():
+            cache[ref_key] = str(where)
+            return
+    except (OSError, ValueError):
+        pass  # not built yet, or unreadable: build it
+    where.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{where.name}.", suffix=".partial", dir=where.parent))
+    (built,) = TVMBuilder(max_workers=workers, timeout_s=timeout_s).build([build], [str(partial)])
+    if not built.artifact:
+        shutil.rmtree(partial, ignore_errors=True)
+        return  # measure builds it with the batch and reports the failure there
+    shutil.rmtree(where, ignore_errors=True)  # a stale or unreadable build
+    try:
+        os.rename(partial, where)
+    except OSError:  # another process renamed its build first: use that one
+        shutil.rmtree(partial, ignore_errors=True)
+    cache[ref_key] = str(where)
 
 
 def drift_factor(record: MeasurementRecord, baseline: float | None) -> float | None:
@@ -328,8 +386,8 @@ class CollectReport:
 
 def collect(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, n: int,
             store: MeasurementStore, seed: int = 0, tuning_dir: str | None = None, batch: int = 4,
-            build_workers: int = 2, progress: bool = True,
-            on_batch: Callable[[int], None] | None = None) -> CollectReport:
+            build_workers: int = 2, progress: bool = True, on_batch: Callable[[int], None] | None = None,
+            reference_root: str | Path | None = None) -> CollectReport:
     """Measure `n` distinct subnets of `space` on `device` into `store`, resuming what is there."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -352,7 +410,8 @@ def collect(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
             chunk = todo[start:start + batch]
             for rec in measure(device=device, space=space, model_config=model_config, subnets=chunk,
                                tuning_dir=tuning_dir, build_workers=build_workers, work_dir=ref_dir,
-                               reference_cache=reference_cache, fingerprint=fingerprint):
+                               reference_cache=reference_cache, fingerprint=fingerprint,
+                               reference_root=reference_root):
                 store.add(rec)
                 measured += rec.result.ok
                 failed += not rec.result.ok

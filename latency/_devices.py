@@ -18,7 +18,7 @@ from hwnas.latency._protocol import MeasureConfig
 
 DeviceKind = Literal["cpu", "gpu", "iot"]
 DeviceRuntime = Literal["tvm", "torch", "onnxruntime"]
-DeviceLocation = Literal["local", "rpc"]
+DeviceLocation = Literal["local", "rpc", "ray"]  # ray: a Ray node dedicated to it (_ray.py)
 KINDS: tuple[DeviceKind, ...] = get_args(DeviceKind)
 RUNTIMES: tuple[DeviceRuntime, ...] = get_args(DeviceRuntime)
 LOCATIONS: tuple[DeviceLocation, ...] = get_args(DeviceLocation)
@@ -82,10 +82,10 @@ class DeviceProfile:
                 parse_tracker(self.tracker)
             except MeasurementError as e:
                 raise MeasurementError(f"device '{name}': {e}") from None
-        if self.runtime == "onnxruntime" and (self.kind != "cpu" or self.location != "local"):
+        if self.runtime == "onnxruntime" and (self.kind != "cpu" or self.location == "rpc"):
             # its CPU execution provider: the one hwnas measures (and ONNX bundles load with)
-            raise MeasurementError(f"device '{name}': the onnxruntime runtime measures this machine's CPU only "
-                                   f"(kind 'cpu', location 'local'), not kind {self.kind!r} at {self.location!r}")
+            raise MeasurementError(f"device '{name}': the onnxruntime runtime measures a local CPU only (kind "
+                                   f"'cpu', this machine or a Ray node), not kind {self.kind!r} at {self.location!r}")
         # ignoring them would hide a forgotten 'rpc'
         if self.location != "rpc" and (self.tracker is not None or self.rpc_key is not None):
             raise MeasurementError(f"device '{name}': tracker and rpc_key apply to location 'rpc' only, "
@@ -250,9 +250,13 @@ def _count_cpus(ranges: str) -> int:
 
 def probe_fingerprint(device: DeviceProfile) -> dict[str, Any]:
     """The device's fingerprint as it is now: this machine's for a local device (with the GPU's model for
-    a GPU device), the board's through RPC for a remote one."""
+    a GPU device), the board's through RPC for a remote one, its node's for a device on a Ray node."""
     if device.location == "rpc":
         return rpc_fingerprint(str(device.tracker), str(device.rpc_key))
+    if device.location == "ray":
+        from hwnas.latency._ray import on_node
+
+        return on_node(device, probe_fingerprint)
     fp = dict(local_fingerprint())
     if device.kind == "gpu":
         fp["gpu_model"] = _gpu_model()

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
         """The MetaSchedule database of a (device, space): one per pair, reused by every subnet build."""
         return self.home / "tuning" / device / Path(space).stem
 
+    def reference_builds_dir(self) -> Path:
+        """Builds of the reference subnet a reference protocol times with every batch, one per provenance."""
+        return self.home / "cache" / "reference-builds"
+
     def exports_dir(self) -> Path:
         return self.home / "exports"
 

@@ -40,7 +40,7 @@ from hwnas.api._schemas import (
     PredictionOut,
 )
 from hwnas.db import Candidate, Database, Export
-from hwnas.exceptions import DuplicateError, HwnasError, NotFoundError, StorageError
+from hwnas.exceptions import DuplicateError, HwnasError, MeasurementError, NotFoundError, StorageError
 from hwnas.jobs import (
     JobBusyError,
     Launcher,
@@ -307,8 +307,12 @@ def _routes(app: FastAPI) -> None:
     def add_device(body: DeviceCreate, user: User, db: DB) -> DeviceOut:
         """Register a device; remote ones join a TVM RPC tracker with `hwnas devices serve`."""
         make_target(body.target)  # a bad target is refused now, not at the first measurement
+        if body.ray_node and (body.tracker or body.key):
+            raise MeasurementError(f"device '{body.name}': ray_node and tracker/key exclude each other (a device is "
+                                   f"measured on its Ray node or through an RPC tracker)")
         profile = DeviceProfile(name=body.name, kind=body.kind, target=body.target, runtime=body.runtime,
-                                location="rpc" if body.tracker or body.key else "local", tracker=body.tracker,
+                                location="rpc" if body.tracker or body.key else "ray" if body.ray_node else "local",
+                                tracker=body.tracker,
                                 rpc_key=body.key, protocol=measure_config(timed_runs=body.timed_runs,
                                                                           passes=body.passes))
         return svc.device_out(DeviceRegistry(db).add(profile))

@@ -143,6 +143,8 @@ class DeviceCreate(_In):
     tracker: str | None = Field(None, max_length=256, pattern=r"^[A-Za-z0-9_.-]+:[0-9]{1,5}$",
                                 description="HOST:PORT of the TVM RPC tracker (remote devices)")
     key: str | None = Field(None, min_length=1, max_length=128, description="RPC device key (remote devices)")
+    ray_node: bool = Field(False, description="Measured on the Ray node dedicated to it (advertising the resource "
+                                              "hwnas_device:NAME), not through RPC or on the API's machine")
     timed_runs: int = Field(100, ge=20, le=100_000, description="Timed runs per measurement")
     passes: int = Field(1, ge=1, le=1000, description="Timed runs split into passes interleaved across a batch's "
                                                      "subnets; latency = the fastest pass's medians")

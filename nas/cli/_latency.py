@@ -105,7 +105,7 @@ def devices_list() -> None:
 
     table = Table("name", "kind", "runtime", "where", "target")
     for d in DeviceRegistry(db()).list():
-        where = d.location if d.location == "local" else f"{d.tracker} ({d.rpc_key})"
+        where = {"local": "local", "ray": "Ray node"}.get(d.location) or f"{d.tracker} ({d.rpc_key})"
         table.add_row(d.name, d.kind, d.runtime, where, json.dumps(d.target))
     console.print(table)
 
@@ -136,11 +136,14 @@ def devices_add(
     runtime: Annotated[str, typer.Option(help="tvm, torch or onnxruntime (this machine's CPU only)")] = "tvm",
     tracker: Annotated[str | None, typer.Option(help="HOST:PORT of the RPC tracker (remote devices)")] = None,
     key: Annotated[str | None, typer.Option(help="RPC device key (remote devices)")] = None,
+    ray_node: Annotated[bool, typer.Option(
+        "--ray-node", help="Measured on the Ray node dedicated to it: one started with --num-cpus 0 --resources "
+                           "'{\"hwnas_device:NAME\": 1}' (see the README's cluster section)")] = False,
     timed_runs: Annotated[int, typer.Option(min=20, help="Timed runs per measurement")] = 100,
     passes: Annotated[int, typer.Option(min=1, help="Split the timed runs into this many passes, interleaved "
                                                     "across a batch's subnets; latency = the fastest pass")] = 1,
 ) -> None:
-    """Register a device; remote ones join a tracker with `hwnas devices serve`."""
+    """Register a device; remote ones join a tracker with `hwnas devices serve`, Ray nodes the cluster."""
     from hwnas.exceptions import MeasurementError
     from hwnas.kernels import make_target
     from hwnas.latency import DeviceProfile, DeviceRegistry, measure_config
@@ -150,11 +153,19 @@ def devices_add(
     except json.JSONDecodeError as e:
         raise MeasurementError(f"--target is not valid JSON: {e}") from e
     make_target(target_dict)  # reject a bad target now, not at the first measurement
+    if ray_node and (tracker or key):
+        raise MeasurementError(f"device '{name}': --ray-node and --tracker/--key exclude each other (a device is "
+                               f"measured on its Ray node or through an RPC tracker)")
     profile = DeviceProfile(name=name, kind=kind, target=target_dict, runtime=runtime,
-                            location="rpc" if tracker or key else "local", tracker=tracker, rpc_key=key,
+                            location="rpc" if tracker or key else "ray" if ray_node else "local", tracker=tracker,
+                            rpc_key=key,
                             protocol=measure_config(timed_runs=timed_runs, passes=passes))
     DeviceRegistry(db()).add(profile)
     console.print(f"added device '{name}'")
+    if ray_node:
+        from hwnas.latency import ray_node_command
+
+        console.print(f"dedicate a node of the cluster to it: {ray_node_command(name)}")
 
 
 @devices_app.command("remove")

@@ -78,7 +78,8 @@ def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, 
 
     found = stored()
     if not found:
-        (rec,) = measure(device=profile, space=space, model_config=mc, subnets=[subnet], tuning_dir=tuning_dir)
+        (rec,) = measure(device=profile, space=space, model_config=mc, subnets=[subnet], tuning_dir=tuning_dir,
+                         reference_root=Settings().reference_builds_dir())
         store.add(rec)
         if not rec.result.ok:
             raise MeasurementError(f"cannot certify candidate {candidate_id} on '{profile.name}': its measurement "

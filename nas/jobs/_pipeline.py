@@ -69,10 +69,12 @@ def tune_kernels(*, device: DeviceProfile, space: SearchSpace, model_config: Mod
 def measure_subnets(db: Database, *, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, n: int,
                     seed: int = 0, build_workers: int = 2, untuned: bool = False, progress: bool = True,
                     settings: Settings | None = None) -> CollectReport:
-    """Measure `n` seeded random subnets on the device with its tuning database (skipping those stored)."""
+    """Measure `n` seeded random subnets on the device with its tuning database (skipping those stored); the
+    reference subnet's build is kept under the workspace for later collections and verifications."""
+    settings = settings or Settings()
     return collect(device=device, space=space, model_config=model_config, n=n, store=SQLMeasurementStore(db),
                    seed=seed, tuning_dir=tuning_to_use(device, space.name, untuned=untuned, settings=settings),
-                   build_workers=build_workers, progress=progress)
+                   build_workers=build_workers, progress=progress, reference_root=settings.reference_builds_dir())
 
 
 def fit_predictors(db: Database, *, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig,

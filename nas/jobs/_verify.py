@@ -24,9 +24,10 @@ from hwnas.db import Database, ParetoMember
 from hwnas.jobs._lease import heartbeat
 from hwnas.jobs._spec import JobProgress, ProgressCallback, SearchSpec
 from hwnas.jobs._store import CandidateRow, candidates, front_candidates, job_model_config, job_provenance
-from hwnas.latency import DeviceRegistry, SQLMeasurementStore, measure
+from hwnas.latency import DeviceRegistry, SQLMeasurementStore, measure, probe_fingerprint
 from hwnas.search import pareto_mask
 from hwnas.search_spaces import get_space
+from hwnas.settings import Settings
 
 __all__ = ["MARGIN_QUANTILE", "MIN_VERIFIED", "pareto_ranked", "store_front", "verified_front", "verify_front"]
 
@@ -34,6 +35,8 @@ Measured = dict[str, tuple[int, float | None, str | None]]  # subnet key -> (mea
 MIN_VERIFIED = 5  # the verified front's size when the predicted front is smaller (and candidates allow)
 MARGIN_QUANTILE = 0.9  # of measured / predicted: a candidate is measured when even this ratio keeps it in budget
 MAX_EXTRA_ROUNDS = 8  # replacement rounds: each measures up to the members still missing
+VERIFY_BATCH = 4  # members built together and timed in one session: (4 builds / 2 workers + timing) << lease TTL
+BUILD_WORKERS = 2
 
 
 def verify_front(db: Database, job_id: int, spec: SearchSpec, report: ProgressCallback) -> dict[str, Any]:
@@ -50,15 +53,20 @@ def verify_front(db: Database, job_id: int, spec: SearchSpec, report: ProgressCa
     measured = store.latencies(prov)
     todo, done_n, extra = [m for m in predicted_front if m.subnet.key() not in measured], 0, 0
     members: list[CandidateRow] = []
+    fingerprint = probe_fingerprint(device)  # once: the whole verification is on one revision
+    reference_root = Settings().reference_builds_dir()
     for _round in range(MAX_EXTRA_ROUNDS + 1):
         planned = done_n + len(todo)
-        for cfg in (c.subnet for c in todo):  # one at a time: the device alone, each stored as soon as it lands
+        for start in range(0, len(todo), VERIFY_BATCH):
+            chunk = [c.subnet for c in todo[start:start + VERIFY_BATCH]]
             report(JobProgress(job_id, "verify", done_n, planned, title))
-            for rec in measure(device=device, space=space, model_config=mc, subnets=[cfg],
-                               tuning_dir=spec.tuning_dir):
+            # built in parallel, timed one after another (interleaved passes) with the reference subnet, whose
+            # build is kept on disk for this provenance; each batch stored as soon as it lands
+            for rec in measure(device=device, space=space, model_config=mc, subnets=chunk, tuning_dir=spec.tuning_dir,
+                               build_workers=BUILD_WORKERS, fingerprint=fingerprint, reference_root=reference_root):
                 store.add(rec)
-            done_n += 1
-            heartbeat(db, job_id)  # a front measurement takes seconds to a minute: keep the lease
+            done_n += len(chunk)
+            heartbeat(db, job_id)  # a batch takes well under the lease's TTL: keep the lease
         measured = store.latencies(prov)
         members = verified_front(scored, measured, spec.latency_ms, target)
         if len(members) >= target:

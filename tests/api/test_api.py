@@ -219,6 +219,11 @@ def test_devices_list_add_and_profile(client: TestClient, auth: Auth, budget_ms:
     assert client.get("/devices/rpi4-5p", headers=headers).json()["protocol"]["passes"] == 5
     r = client.post("/devices", json={**pi, "name": "rpi4-3p", "passes": 3}, headers=headers)
     assert r.status_code == 422 and "multiple of passes" in r.json()["detail"]
+    node = {"name": "rack1", "kind": "cpu", "target": {"kind": "llvm"}, "runtime": "onnxruntime", "ray_node": True}
+    r = client.post("/devices", json=node, headers=headers)
+    assert r.status_code == 201 and (r.json()["location"], r.json()["tracker"]) == ("ray", None)
+    r = client.post("/devices", json={**pi, "name": "both", "ray_node": True}, headers=headers)
+    assert r.status_code == 422 and "ray_node and tracker/key exclude each other" in r.json()["detail"]
     profile = client.get(f"/devices/{DEVICE}", headers=headers).json()
     assert profile["fingerprint"]["cores"] >= 1 and profile["protocol"]["timed_runs"] >= 20
     assert [(p["kind"], p["version"], p["metrics"]["mape"]) for p in profile["predictors"]] == [("layerwise", 1, 0.05)]

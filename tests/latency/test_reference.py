@@ -15,6 +15,7 @@ from hwnas.latency import (
     drift_corrected,
     local_cpu_profile,
     measure,
+    reference_build_dir,
     reference_subnet,
 )
 from hwnas.search_spaces import SearchSpace
@@ -63,20 +64,30 @@ def test_without_a_reference_samples_are_as_measured(tiny_space: SearchSpace) ->
 
 def test_measure_times_the_reference_with_every_batch(tmp_path: Path, tiny_space: SearchSpace,
                                                       tiny_mc: ModelConfig) -> None:
+    """The reference is timed with every batch, and built once: kept in the caller's dict within a collection,
+    on disk per provenance across calls and processes (a job's verification, a later export)."""
     device = dataclasses.replace(local_cpu_profile(), protocol=MeasureConfig(warmup_runs=1, timed_runs=4, passes=2,
                                                                              reference=True))
-    cache: dict[str, str] = {}
+    root = tmp_path / "refs"
+    where = reference_build_dir(root, device, tiny_space, tiny_mc, "")
     rng = np.random.default_rng(0)
     subnets = [tiny_space.sample(rng) for _ in range(3)]
     first = measure(device=device, space=tiny_space, model_config=tiny_mc, subnets=subnets[:2], work_dir=str(tmp_path),
-                    reference_cache=cache)
-    assert len(cache) == 1
-    (ref_lib,) = cache.values()
+                    reference_root=root)
+    built = (where / "meta.json").stat().st_mtime_ns
+    assert [p.name for p in root.iterdir()] == [where.name]  # no partial build left behind
+    cache: dict[str, str] = {}
     second = measure(device=device, space=tiny_space, model_config=tiny_mc, subnets=subnets[2:], work_dir=str(tmp_path),
-                     reference_cache=cache)
-    assert list(cache.values()) == [ref_lib] and Path(ref_lib, "meta.json").exists()  # built once, reused
+                     reference_cache=cache, reference_root=root)
+    assert list(cache.values()) == [str(where)] and (where / "meta.json").stat().st_mtime_ns == built  # reused
     for rec in (*first, *second):
         assert rec.result.ok, rec.result.error
         assert rec.reference_ms is not None and rec.reference_ms > 0 and rec.protocol.reference
     assert first[0].reference_ms == first[1].reference_ms  # one session, one reference figure
     assert reference_subnet(tiny_space) == tiny_space.smallest()
+    # another model, tuning database or device revision is another build
+    other_model = dataclasses.replace(tiny_mc, vocab_size=tiny_mc.vocab_size + 1)
+    moved = dataclasses.replace(device, fingerprint={**device.fingerprint, "cpu_model": "another CPU"})
+    assert len({where, reference_build_dir(root, device, tiny_space, other_model, ""),
+                reference_build_dir(root, device, tiny_space, tiny_mc, "abc"),
+                reference_build_dir(root, moved, tiny_space, tiny_mc, "")}) == 4
