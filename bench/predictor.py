@@ -4,7 +4,8 @@ Collects n random quickstart subnets on `local-cpu` into a benchmark database (r
 using the device's tuning database when there is one, then trains HAT's MLP baseline and
 the layer-additive predictor on the same seeded split and reports held-out accuracy,
 measurement noise (CV) and collection throughput. Writes bench/results/predictor-<device>.json
-and a predicted-vs-measured scatter PNG.
+(another space: predictor-<device>-<space>.json) and a predicted-vs-measured scatter PNG. Any device
+works: `--device local-cpu-ort` measures the same subnets' ONNX graphs in ONNX Runtime.
 
 Also reported, on the same split:
 - the layerwise predictor with its feature set 1 (no encoder-side cross-attention key/value
@@ -70,7 +71,7 @@ def main() -> None:
                     help="only recompute the two-session scores of the device's results file (no measuring)")
     args = ap.parse_args()
     if args.rescore:
-        path = RESULTS / f"predictor-{args.device}.json"
+        path = results_path(args.device, args.space)
         out = json.loads(path.read_text())
         two_session_scores(out)
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(out, indent=2) + "\n"))
@@ -150,7 +151,7 @@ def main() -> None:
         "command": "python bench/predictor.py " + " ".join(sys.argv[1:]),
     }
     two_session_scores(out)
-    path = RESULTS / f"predictor-{device.name}.json"
+    path = results_path(device.name, space.name)
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(out, indent=2) + "\n"))
     plot(measured, predictors, curve, path.with_suffix(".png"), device.name)
     rows = dict(predictors)
@@ -166,6 +167,11 @@ def main() -> None:
               f"{100 * retest['accuracy_uncorrected']['mape']:.2f}%" if retest else ""))
     cv = out["noise_cv"]
     print(f"noise CV median {100 * cv['median']:.2f}%  p90 {100 * cv['p90']:.2f}%; wrote {path}")
+
+
+def results_path(device: str, space: str) -> Path:
+    """predictor-<device>.json for the quickstart space, predictor-<device>-<space>.json for the others."""
+    return RESULTS / (f"predictor-{device}.json" if space == "quickstart" else f"predictor-{device}-{space}.json")
 
 
 def two_session_scores(out: dict) -> None:

@@ -53,13 +53,31 @@ def run(extra: list[str], home: Path) -> dict[str, Any]:
     return {"summary": summary, "wall_s": round(wall_s, 1), "load_before": load_before, "load_after": load_after}
 
 
+def _job_note(home: Path, job_id: int | None) -> str | None:
+    """The search job's note: how verification ended (members that met the budget, extra measurements)."""
+    if job_id is None:
+        return None
+    from hwnas.db import Database
+    from hwnas.jobs import get_job
+
+    with Database(f"sqlite:///{home / 'hwnas.db'}") as db:
+        return get_job(db, job_id).note
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", action="store_true", help="keep the temporary HWNAS_HOME (its path is printed)")
+    ap.add_argument("--summary-of", type=Path, default=None,
+                    help="write the results of a finished run kept in this home instead of running (no wall time)")
     ap.add_argument("extra", nargs="*", help="options passed to hwnas quickstart (after --)")
     args = ap.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="hwnas-quickstart-bench-"))
-    result = run(args.extra, home)
+    if args.summary_of:
+        home = args.summary_of
+        result = {"summary": json.loads((home / "quickstart.json").read_text()), "wall_s": None,
+                  "load_before": None, "load_after": None}
+    else:
+        home = Path(tempfile.mkdtemp(prefix="hwnas-quickstart-bench-"))
+        result = run(args.extra, home)
     s = result["summary"]
     out = {
         "benchmark": "quickstart",
@@ -68,20 +86,22 @@ def main() -> None:
         "machine": _machine(),
         "load_average_before": result["load_before"],  # 1, 5, 15 min
         "load_average_after": result["load_after"],
-        "settings": s["settings"],
+        "settings": s["sizes"],
         "stage_seconds": s["stage_seconds"],
         "total_seconds_in_command": s["total_seconds"],
         "total_wall_seconds": result["wall_s"],  # the process: imports and startup included
         "budget": s["budget"], "predictor": s["predictor"], "best": s["best"],
         "tuning_records": s["tuning_records"], "checkpoint_step": s["checkpoint_step"],
+        "verification": _job_note(home, s.get("job_id")),
     }
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / "quickstart.json"
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(out, indent=2) + "\n"))
     stages = ", ".join(f"{k} {v:.0f} s" for k, v in s["stage_seconds"].items())
-    print(f"quickstart: {result['wall_s'] / 60:.1f} min ({stages}); load {result['load_before']} -> "
+    total = result["wall_s"] or s["total_seconds"]
+    print(f"quickstart: {total / 60:.1f} min ({stages}); load {result['load_before']} -> "
           f"{result['load_after']}; wrote {path}")
-    if args.keep:
+    if args.keep or args.summary_of:  # never remove a home the caller named
         print(f"kept {home}")
     else:
         import shutil

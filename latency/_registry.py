@@ -308,6 +308,17 @@ class SQLMeasurementStore(MeasurementStore):
             return {k: (i, lat, err) for k, i, lat, err in s.execute(q).all()}
 
 
+    def references(self, provenance: Provenance) -> dict[str, float | None]:
+        """The reference subnet's latency in the session of each measurement of one provenance, by subnet key
+        (None: no reference protocol, or its reference failed)."""
+        p = provenance
+        q = _measurement_query(select(MeasurementRow.subnet_key, MeasurementRow.reference_ms), device=p.device,
+                               space=p.space, revision=p.revision, model_key=p.model_key,
+                               protocol_key=p.protocol_key, tuning_key=p.tuning_key)
+        with self.db.session() as s:
+            return {k: ref for k, ref in s.execute(q).all()}
+
+
 def _measurement_query(q: _Select, *, device: str, space: str, revision: int | None, model_key: str | None,
                        protocol_key: str | None, tuning_key: str | None) -> _Select:
     """`q` over a device's measurements of a space, narrowed by whichever keys are given."""

@@ -47,6 +47,7 @@ from hwnas.jobs import (
     RayLauncher,
     cancel_job,
     candidates,
+    certificate_device,
     count_jobs,
     export_dir,
     front,
@@ -262,8 +263,10 @@ def _routes(app: FastAPI) -> None:
     @app.post("/jobs/{job_id}/exports", response_model=ExportOut, status_code=202, tags=["exports"],
               responses=_NOT_FOUND)
     def export(job_id: JobId, body: ExportCreate, user: User, db: DB) -> ExportOut:
-        """Export a candidate as a standalone bundle (written on the cluster; poll GET /exports/{id})."""
-        svc.owned_job(db, user, job_id)
+        """Export a candidate as a standalone bundle (written on the cluster; poll GET /exports/{id}), its latency
+        certified with the runtime of its format (ONNX by ONNX Runtime, TorchScript by PyTorch, TVM by TVM)."""
+        job = svc.owned_job(db, user, job_id)
+        certificate_device(db, job.spec.device, body.format)  # no device to certify it on: 422 now, not later
         with db.session() as s:
             if s.scalar(select(Candidate.id).where(Candidate.job_id == job_id,
                                                    Candidate.id == body.candidate_id)) is None:

@@ -109,7 +109,8 @@ class Problem:
 
     def infeasible_message(self, what: str, n: int, got: int, attempts: int, best: SubnetConfig | None) -> str:
         budgets = ", ".join(f"{c.max_latency_ms:g} ms on {c.device}" for c in self.constraints)
-        msg = f"no {what}: {got} of {n} subnets met the latency budget ({budgets}) in {attempts} tries"
+        msg = (f"no {what}: none of {attempts} sampled subnets met the latency budget ({budgets})" if n == 1 else
+               f"no {what}: {got} of {n} subnets met the latency budget ({budgets}) in {attempts} tries")
         if best is not None:
             lat = ", ".join(f"{v:.2f} ms" for v in self.latencies_ms([best])[0])
             msg += f"; the fastest found is predicted at {lat} (subnet {best.key()})"

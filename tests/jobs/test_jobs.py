@@ -218,8 +218,9 @@ def test_a_front_that_breaks_its_budget_is_replaced_by_members_that_meet_it(
     best = min(members, key=lambda m: m.candidate.loss or 0.0)
     assert info.best_subnet_key == best.candidate.subnet.key() and info.best_loss == best.candidate.loss
     over = sum(ms > budget_ms for ms in true_ms.values())
-    assert info.note and f"{target} of {target} members met {budget_ms:g} ms when measured ({len(true_ms)} measured, " \
-                         f"{len(true_ms) - len(first_front)} beyond the predicted front" in info.note
+    assert info.note and f"{target} members met {budget_ms:g} ms when measured, {target} asked " \
+                         f"({len(true_ms)} measured, {len(true_ms) - len(first_front)} beyond the predicted front" \
+                         in info.note
     assert f"{over} over the budget" in info.note
 
 
@@ -289,3 +290,20 @@ def test_front_is_measured_then_exported(db: Database, spec: Callable[..., Searc
         export_candidate(db, job_id, best.candidate.id, fmt="onnx", out_dir=tmp_path / "x", device="local-cpu")
     with pytest.raises(NotFoundError, match="has no candidate 99999"):
         export_candidate(db, job_id, 99999, fmt="onnx", out_dir=tmp_path / "c")
+
+
+def test_members_are_judged_at_a_slow_session_of_the_device() -> None:
+    """Under a reference protocol a latency counts as a slow session (the 95th percentile of the reference
+    subnet's latencies) would show it: a member measured in a fast session is scaled up, never down."""
+    from hwnas.jobs._verify import DRIFT_QUANTILE, judged_latencies
+
+    refs = {"fast": 4.0, "slow": 5.0, "typical": 4.4, "no-ref": None, "failed": 4.2}
+    measured = {"fast": (1, 10.0, None), "slow": (2, 10.0, None), "typical": (3, 10.0, None),
+                "no-ref": (4, 10.0, None), "failed": (5, None, "worker died")}
+    judged, worst = judged_latencies(measured, refs)
+    slow = float(np.quantile([4.0, 5.0, 4.4, 4.2], DRIFT_QUANTILE))
+    assert judged["fast"] == (1, pytest.approx(10.0 * slow / 4.0), None) and worst == pytest.approx(slow / 4.0)
+    assert judged["slow"] == (2, 10.0, None)  # slower than the quantile: as measured, never faster
+    assert judged["no-ref"][1] == pytest.approx(10.0 * slow / 4.3)  # against the median session
+    assert judged["failed"] == (5, None, "worker died")
+    assert judged_latencies(measured, {k: None for k in refs}) == (measured, 1.0)  # no reference protocol
