@@ -177,7 +177,9 @@ def test_finished_job_serves_its_front_candidates_plot_and_an_export(client: Tes
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     zipfile.ZipFile(io.BytesIO(r.content)).extractall(tmp_path / "bundle")
     bundle = load_bundle(tmp_path / "bundle")  # verifies the manifest's checksums
-    assert bundle.certificate is not None and bundle.certificate.device == DEVICE
+    # an ONNX bundle's latency is certified with ONNX Runtime, on this CPU (the job's device runs PyTorch)
+    assert bundle.certificate is not None and bundle.certificate.device == "local-cpu-ort"
+    assert bundle.certificate.runtime == "onnxruntime" and bundle.certificate.revision == 1
     listed = client.get(f"/jobs/{job['id']}/exports", headers=alice).json()
     assert [(e["id"], e["status"]) for e in listed] == [(export_id, "ready")]
 
