@@ -80,7 +80,9 @@ def test_quickstart_produces_every_artifact(run: tuple[Path, str, dict]) -> None
 
     bundle = load_bundle(paths["export bundle"])
     assert bundle.format == "onnx" and bundle.subnet == chosen.candidate.subnet
-    assert bundle.certificate is not None and bundle.certificate.device == "local-cpu"
+    # the ONNX bundle's latency is certified by ONNX Runtime, the runtime that deploys it, on this CPU
+    assert bundle.certificate is not None and bundle.certificate.device == "local-cpu-ort"
+    assert bundle.certificate.runtime == "onnxruntime" and "with onnxruntime" in bundle.covers()
     assert set(summary["stage_seconds"]) == {"supernet", "kernels", "latency", "search", "export"}
     assert "budget" in output and "predicted smallest" in output  # the budget says what it is based on
 
