@@ -7,7 +7,7 @@ recalibrated by what the job has measured so far (measured / predicted), stays u
 upper end of those ratios (the margin). Every measurement refines the margin, until the verified front has the
 size asked or no candidate is left that could meet the budget; the job's note says in one line how it ended.
 A member meets the budget when its latency does at a slow session of the device (`judged_latencies`): this
-VM's speed drifts between sessions, and a member that met the budget by 2% one session broke it the next.
+VM's speed drifts between sessions, and a member that met the budget by 1-3% one session broke it the next.
 
 The verified front is what met the budget, in non-dominated order over (loss, measured latency, params, FLOPs):
 its Pareto front, then the next layers up to the size asked (a front of few candidates cannot grow by
@@ -96,9 +96,9 @@ def verify_front(db: Database, job_id: int, spec: SearchSpec, report: ProgressCa
 def judged_latencies(measured: Measured, references: dict[str, float | None]) -> tuple[Measured, float]:
     """Each measured latency as a slow session of the device would show it, and the largest factor applied.
 
-    This VM's speed drifts between sessions, alike for every subnet (bench/results/drift-local-cpu.json); a member
-    that met the budget by 2% in a fast session measured 2-5% over it in the next one (bench/results/
-    guarantee.json, before this). So under a reference protocol each latency is scaled to the session speed
+    This VM's speed drifts between sessions, alike for every subnet (bench/results/drift-local-cpu.json); two members
+    that met the budget by 1-3% in a fast session measured up to 2% over it in the next one (bench/guarantee.py,
+    before this). So under a reference protocol each latency is scaled to the session speed
     at the `DRIFT_QUANTILE` of this provenance's sessions: latency x q(references) / its session's reference,
     never below as measured (a record without a reference: against the median session). Without reference
     figures (no reference protocol) latencies are judged as measured, and the factor is 1.
