@@ -44,32 +44,9 @@ def summary(r: RunResult, steps: int) -> dict[str, Any]:
             "decoder_step_ms": list(r.decoder_step_ms or ())}
 
 
-def _ort_times(build: Any, protocol: MeasureConfig, threads: int) -> tuple[list[float], list[float]]:
-    from hwnas.export import export_onnx, onnx_session
-    from hwnas.kernels import example_inputs, input_specs, subnet_model
-    from hwnas.latency import time_calls
-
-    model = subnet_model(build)
-    shapes = {"src_len": build.source_length_tokens, "cache_len": build.cache_len}
-    enc_in, step_in = example_inputs(model, batch=1, **shapes)
-    specs = input_specs(model.cfg, model.mc, batch=1, **shapes)
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        paths = export_onnx(model, Path(tmp), source_length_tokens=build.source_length_tokens,
-                            cache_len=build.cache_len)
-        for name, args in (("encoder", enc_in), ("decoder_step", step_in)):
-            sess = onnx_session(paths[name], threads=threads)
-            names = [n for n, _, _ in specs[name]]
-            feed = {n: a.numpy() for n, a in zip(names, args, strict=True)
-                    if n in {i.name for i in sess.get_inputs()}}  # ONNX drops inputs it folded away
-            out.append(time_calls(lambda s=sess, f=feed: s.run(None, f), warmup=protocol.warmup_runs,
-                                  runs=protocol.timed_runs, number=protocol.number))
-    return out[0], out[1]
-
-
 def run_cpu(args: argparse.Namespace) -> None:
     from hwnas.kernels import BuildInput, build_one, host_target
-    from hwnas.latency import RunInput, TorchRunner, TVMLocalRunner, local_fingerprint
+    from hwnas.latency import OrtRunner, RunInput, TorchRunner, TVMLocalRunner, local_fingerprint
 
     threads = args.threads or os.cpu_count() or 1
     protocol = dataclasses.replace(PROTOCOL, threads=threads)
@@ -81,7 +58,7 @@ def run_cpu(args: argparse.Namespace) -> None:
             lib = build_one(b, f"{tmp}/{name}")
             tvm_r = TVMLocalRunner().run([RunInput(b, lib)], protocol)[0]
             torch_r = TorchRunner().run([RunInput(b)], protocol)[0]
-            ort_r = RunResult(*map(tuple, _ort_times(b, protocol, threads)))
+            ort_r = OrtRunner().run([RunInput(b)], protocol)[0]
             row = {"subnet": cfg.to_dict(), "tvm": summary(tvm_r, 30), "torch": summary(torch_r, 30),
                    "onnxruntime": summary(ort_r, 30)}
             if tvm_r.ok and torch_r.ok:

@@ -237,17 +237,23 @@ def _time_tvm_pass(vm: Any, dev: Any, inputs: dict[str, list[Any]],
     return out[0], out[1]
 
 
+def _back_to_back(one_pass: Callable[[], tuple[list[float], list[float]]],
+                  passes: int) -> tuple[list[float], list[float]]:
+    """Every pass of one input, one after another (the non-interleaved runs of every runtime)."""
+    enc: list[float] = []
+    dec: list[float] = []
+    for _ in range(passes):
+        e, d = one_pass()
+        enc += e
+        dec += d
+    return enc, dec
+
+
 def _time_tvm(vm: Any, dev: Any, meta: dict[str, Any], protocol: MeasureConfig,
               to_device: Callable[[Any], Any]) -> tuple[list[float], list[float]]:
     """Time both functions of a loaded Relax VM with TVM's on-device timer, the passes back to back."""
     inputs = _tvm_inputs(meta, to_device)
-    enc: list[float] = []
-    dec: list[float] = []
-    for _ in range(protocol.passes):
-        e, d = _time_tvm_pass(vm, dev, inputs, protocol)
-        enc += e
-        dec += d
-    return enc, dec
+    return _back_to_back(lambda: _time_tvm_pass(vm, dev, inputs, protocol), protocol.passes)
 
 
 def _load_tvm_local(artifact: str, protocol: MeasureConfig) -> tuple[Any, Any, dict[str, Any]]:
@@ -340,13 +346,7 @@ def _time_torch_pass(graphs: list[Any], sync: Callable[[], None],
 
 def measure_torch(build: BuildInput, protocol: MeasureConfig, device: str) -> tuple[list[float], list[float]]:
     graphs, sync = _load_torch(build, protocol, device)
-    enc: list[float] = []
-    dec: list[float] = []
-    for _ in range(protocol.passes):
-        e, d = _time_torch_pass(graphs, sync, protocol)
-        enc += e
-        dec += d
-    return enc, dec
+    return _back_to_back(lambda: _time_torch_pass(graphs, sync, protocol), protocol.passes)
 
 
 def _torch_pass(slot: str, build: BuildInput, protocol: MeasureConfig,
@@ -411,13 +411,7 @@ def _time_ort_pass(graphs: list[tuple[Any, dict[str, Any]]],
 
 def measure_ort(build: BuildInput, protocol: MeasureConfig) -> tuple[list[float], list[float]]:
     graphs = _load_ort(build, protocol)
-    enc: list[float] = []
-    dec: list[float] = []
-    for _ in range(protocol.passes):
-        e, d = _time_ort_pass(graphs, protocol)
-        enc += e
-        dec += d
-    return enc, dec
+    return _back_to_back(lambda: _time_ort_pass(graphs, protocol), protocol.passes)
 
 
 def _ort_pass(slot: str, build: BuildInput, protocol: MeasureConfig) -> tuple[list[float], list[float]]:

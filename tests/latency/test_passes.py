@@ -13,6 +13,7 @@ from hwnas.kernels import BuildInput, build_one, host_target
 from hwnas.latency import (
     MeasureConfig,
     MeasurementRecord,
+    OrtRunner,
     RunInput,
     RunResult,
     TorchRunner,
@@ -116,7 +117,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, tiny_space: SearchSpace, ti
     return out
 
 
-@pytest.mark.parametrize("runner_cls", [TVMLocalRunner, TorchRunner])
+@pytest.mark.parametrize("runner_cls", [TVMLocalRunner, TorchRunner, OrtRunner])
 def test_interleaved_run_gives_each_subnet_all_its_passes(runner_cls: type, inputs: list[RunInput]) -> None:
     runner = runner_cls(timeout_s=120)
     results = runner.run(inputs, PASSES)
@@ -157,7 +158,7 @@ def test_interleaving_order(monkeypatch: pytest.MonkeyPatch, inputs: list[RunInp
     assert results[1].encoder_ms == (2.0, 2.0, 4.0, 4.0, 6.0, 6.0)
 
 
-@pytest.mark.parametrize("runner_cls", [TVMLocalRunner, TorchRunner])
+@pytest.mark.parametrize("runner_cls", [TVMLocalRunner, TorchRunner, OrtRunner])
 def test_a_failing_subnet_is_an_error_record_and_the_others_go_on(runner_cls: type, inputs: list[RunInput],
                                                                   tmp_path: Path) -> None:
     good = inputs[0]

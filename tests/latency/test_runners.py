@@ -11,6 +11,7 @@ from hwnas.exceptions import MeasurementError
 from hwnas.kernels import BuildInput, build_one, host_target
 from hwnas.latency import (
     MeasureConfig,
+    OrtRunner,
     RPCRunner,
     RunInput,
     Runner,
@@ -47,10 +48,12 @@ def rpc_tracker() -> Iterator[str]:
         yield tracker
 
 
-@pytest.fixture(params=["tvm-local", "torch", "tvm-rpc"])
+@pytest.fixture(params=["tvm-local", "torch", "onnxruntime", "tvm-rpc"])
 def runner(request: pytest.FixtureRequest) -> Runner:
     if request.param == "tvm-rpc":
         return RPCRunner(tracker=request.getfixturevalue("rpc_tracker"), key=RPC_KEY, timeout_s=120)
+    if request.param == "onnxruntime":
+        return OrtRunner(timeout_s=120)
     return TVMLocalRunner(timeout_s=120) if request.param == "tvm-local" else TorchRunner(timeout_s=120)
 
 
