@@ -64,6 +64,9 @@ def run_job(db: Database, job_id: int, *, evaluator: Evaluator | None = None, ad
         if evaluator is None:
             evaluator = RayEvaluator(spec.supernet, spec.fitness, workers=max(1, spec.workers), address=address)
         _search(db, job_id, spec, evaluator, on_progress or _quiet)
+        if own_evaluator:  # the scoring workers go before the device is timed: nothing of ours beside it
+            evaluator.close()
+            evaluator = None
         if spec.verify:
             _set(db, job_id, status="verifying", heartbeat_at=now())
             _set(db, job_id, **verify_front(db, job_id, spec, on_progress or _quiet))

@@ -294,16 +294,33 @@ def test_front_is_measured_then_exported(db: Database, spec: Callable[..., Searc
 
 def test_members_are_judged_at_a_slow_session_of_the_device() -> None:
     """Under a reference protocol a latency counts as a slow session (the 95th percentile of the reference
-    subnet's latencies) would show it: a member measured in a fast session is scaled up, never down."""
-    from hwnas.jobs._verify import DRIFT_QUANTILE, judged_latencies
+    subnet's latencies over sessions) would show it: a member measured in a fast session is scaled up, never
+    down."""
+    from hwnas.jobs._verify import judged_latencies, slow_session_ms
 
-    refs = {"fast": 4.0, "slow": 5.0, "typical": 4.4, "no-ref": None, "failed": 4.2}
+    refs = {"fast": 4.0, "slow": 5.0, "typical": 4.4, "no-ref": None, "failed": 4.2, "same-session": 4.4}
     measured = {"fast": (1, 10.0, None), "slow": (2, 10.0, None), "typical": (3, 10.0, None),
-                "no-ref": (4, 10.0, None), "failed": (5, None, "worker died")}
+                "no-ref": (4, 10.0, None), "failed": (5, None, "worker died"), "same-session": (6, 9.0, None)}
     judged, worst = judged_latencies(measured, refs)
-    slow = float(np.quantile([4.0, 5.0, 4.4, 4.2], DRIFT_QUANTILE))
+    slow = slow_session_ms([4.0, 5.0, 4.4, 4.2, 4.4])
+    assert 4.4 < slow < 5.0
     assert judged["fast"] == (1, pytest.approx(10.0 * slow / 4.0), None) and worst == pytest.approx(slow / 4.0)
     assert judged["slow"] == (2, 10.0, None)  # slower than the quantile: as measured, never faster
     assert judged["no-ref"][1] == pytest.approx(10.0 * slow / 4.3)  # against the median session
     assert judged["failed"] == (5, None, "worker died")
     assert judged_latencies(measured, {k: None for k in refs}) == (measured, 1.0)  # no reference protocol
+
+
+def test_one_disturbed_session_does_not_set_the_allowance() -> None:
+    """Sessions are the distinct reference figures (records of one batch share one), and the slow session is
+    estimated robustly: 11 sessions within 5% and one at +87% (the machine shared with other work) give an
+    allowance near the 5% spread, where the empirical 95th percentile gave +39%."""
+    from hwnas.jobs._verify import slow_session_ms
+
+    calm = [4.0, 4.05, 4.1, 4.0, 4.15, 4.2, 4.1, 4.05, 4.12, 4.08, 4.18]
+    assert float(np.quantile([*calm, 7.5], 0.95)) / 4.1 > 1.35
+    slow = slow_session_ms([*calm, 7.5])
+    assert 4.15 < slow < 4.3
+    # records share their session's figure: 20 records of one session weigh as one session
+    assert slow_session_ms([*calm, 7.5] + [4.0] * 20) == pytest.approx(slow)
+    assert slow_session_ms([4.4]) == 4.4  # one session: its own speed
