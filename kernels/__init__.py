@@ -27,6 +27,7 @@ from hwnas.kernels._onnx import (
     onnx_sessions,
     quiet_tracer,
 )
+from hwnas.kernels._target import COMPILER_OPTIONS, TARGET_CHECK_TIMEOUT_S, TARGET_OPTIONS, check_target
 from hwnas.kernels._tune import (
     TUNING_RECORDS,
     TaskReport,
@@ -37,6 +38,9 @@ from hwnas.kernels._tune import (
 )
 
 __all__ = [
+    "COMPILER_OPTIONS",
+    "TARGET_CHECK_TIMEOUT_S",
+    "TARGET_OPTIONS",
     "DECODER_STEP",
     "ENCODER",
     "TUNING_RECORDS",
@@ -49,6 +53,7 @@ __all__ = [
     "TaskReport",
     "TuneReport",
     "build_one",
+    "check_target",
     "compile_module",
     "count_tuning_records",
     "covering_subnets",

@@ -10,6 +10,7 @@ __all__ = [
     "InfeasibleConstraintError",
     "MeasurementError",
     "StorageError",
+    "InvalidValueError",
     "NotFoundError",
     "DuplicateError",
     "ExportError",
@@ -43,6 +44,11 @@ class MeasurementError(HwnasError):
 
 class StorageError(HwnasError):
     """The results database is unreachable, or a write broke a constraint (the transaction rolled back)."""
+
+
+class InvalidValueError(StorageError, ValueError):
+    """A value the database cannot hold (a NUL byte in text, a number out of its column's range): the input's
+    fault, not the database's."""
 
 
 class NotFoundError(HwnasError, LookupError):

@@ -7,6 +7,7 @@ Every `HWNAS_*` variable is read here and nowhere else:
     HWNAS_RAY_ADDRESS   the Ray cluster (also read as RAY_ADDRESS, Ray's own name; default: a local Ray)
     HWNAS_LOG_LEVEL     INFO by default
     HWNAS_LEASE_TTL_S, HWNAS_MAX_REQUEST_BYTES, HWNAS_RECONCILE_EVERY_S, HWNAS_MAX_ATTEMPTS, HWNAS_TOKEN_CACHE_S
+    HWNAS_QUOTA_*       what one user of the service may ask for (see `Settings`)
 
 The workspace lays out what hwnas writes: supernet checkpoints, tuning databases, exports, job plots.
 `Settings()` reads the environment when it is made; nothing is read at import time.
@@ -48,6 +49,12 @@ class Settings(BaseSettings):
     reconcile_every_s: float = Field(30.0, gt=0)  # how often orphaned jobs are looked for
     max_attempts: int = Field(3, ge=1)  # runs of one job (resumes included) before it is failed
     token_cache_s: float = Field(10.0, ge=0)  # a revoked token may work this long on a process that just saw it
+    # quotas, per user of the service (operators' CLI is not limited): a refusal names the setting
+    quota_active_jobs: int = Field(4, ge=1)  # queued, running or verifying at once (429 beyond)
+    quota_evaluations: int = Field(20_000, ge=1)  # one job's population x generations (422 beyond)
+    quota_workers: int = Field(8, ge=1)  # one job's scoring actors (422 beyond)
+    quota_exports_per_job: int = Field(20, ge=1)  # exports of one job, failed ones included (429 beyond)
+    auth_failures_per_minute: int = Field(20, ge=1)  # failed token checks from one client (429 beyond)
 
     # -- the workspace ---------------------------------------------------------------------------------------
     def database_url(self) -> str:

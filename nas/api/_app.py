@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi import Path as FPath
 from fastapi.concurrency import run_in_threadpool
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hwnas
 from hwnas.api import _service as svc
-from hwnas.api._auth import AuthError, TokenCache, user_for_token
+from hwnas.api._auth import AuthError, AuthThrottle, ThrottledError, TokenCache, client_of, user_for_token
 from hwnas.api._dashboard import router as dashboard
 from hwnas.api._schemas import (
     CandidateOut,
@@ -40,7 +41,14 @@ from hwnas.api._schemas import (
     PredictionOut,
 )
 from hwnas.db import Candidate, Database, Export
-from hwnas.exceptions import DuplicateError, HwnasError, MeasurementError, NotFoundError, StorageError
+from hwnas.exceptions import (
+    DuplicateError,
+    HwnasError,
+    InvalidValueError,
+    MeasurementError,
+    NotFoundError,
+    StorageError,
+)
 from hwnas.jobs import (
     JobBusyError,
     Launcher,
@@ -55,7 +63,7 @@ from hwnas.jobs import (
     list_jobs,
     reconcile,
 )
-from hwnas.kernels import make_target
+from hwnas.kernels import check_target
 from hwnas.latency import DeviceProfile, DeviceRegistry, measure_config
 from hwnas.settings import Settings
 
@@ -63,7 +71,9 @@ log = logging.getLogger("hwnas.api")
 
 # HwnasError subclasses -> HTTP status (the first that matches); any other HwnasError is the input's fault: 422
 _STATUS: tuple[tuple[type[HwnasError], int], ...] = (
-    (AuthError, 401), (NotFoundError, 404), (DuplicateError, 409), (JobBusyError, 409), (StorageError, 503))
+    (AuthError, 401), (ThrottledError, 429), (NotFoundError, 404), (DuplicateError, 409), (JobBusyError, 409),
+    (svc.QuotaError, 429), (InvalidValueError, 422), (StorageError, 503))
+UNAVAILABLE = "database unavailable; try again later"  # its URL, host and user stay in the server's log
 
 
 def _status_of(e: HwnasError) -> int:
@@ -71,7 +81,10 @@ def _status_of(e: HwnasError) -> int:
 
 
 class BodyLimit:
-    """ASGI middleware: refuse request bodies over `max_bytes` (413), declared or streamed."""
+    """ASGI middleware: refuse request bodies over `max_bytes` (413), declared or streamed.
+
+    The body is read here, up to the limit, before the app sees it: a streamed (chunked) body that crosses the
+    limit is then a 413 like a declared one (refused inside the app's body parsing it became a 400)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -82,28 +95,63 @@ class BodyLimit:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             return await self._refuse(send)
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS") and declared is None:
+            return await self.app(scope, receive, send)
+        chunks, seen = [], 0
+        while True:
             msg = await receive()
+            if msg["type"] != "http.request":  # the client went away: let the app see it
+                chunks.append(msg)
+                break
             seen += len(msg.get("body", b""))
             if seen > self.max_bytes:
-                raise _TooLarge
-            return msg
+                return await self._refuse(send)
+            chunks.append(msg)
+            if not msg.get("more_body"):
+                break
+        body = b"".join(m.get("body", b"") for m in chunks if m["type"] == "http.request")
+        if _non_finite(body):
+            return await JSONResponse({"detail": "body: NaN, Infinity and numbers beyond the float range are not "
+                                                 "accepted"}, status_code=422)({"type": "http"}, _no_receive, send)
+        replay: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+        replay += [m for m in chunks if m["type"] != "http.request"]
 
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._refuse(send)
+        async def buffered() -> Message:
+            return replay.pop(0) if replay else await receive()
+
+        await self.app(scope, buffered, send)
 
     async def _refuse(self, send: Send) -> None:
         await JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)(
             {"type": "http"}, _no_receive, send)
 
 
-class _TooLarge(Exception):
+class _NonFinite(Exception):
     pass
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise _NonFinite
+    return value
+
+
+def _refuse_constant(text: str) -> Any:  # NaN, Infinity, -Infinity: Python's json reads them, JSON has none
+    raise _NonFinite
+
+
+def _non_finite(body: bytes) -> bool:
+    """Whether a JSON body holds a number no JSON renderer can give back (anywhere, unknown fields included)."""
+    if not body:
+        return False
+    try:
+        json.loads(body, parse_float=_finite, parse_constant=_refuse_constant)
+    except _NonFinite:
+        return True
+    except ValueError:  # not JSON (or not UTF-8): the route's own parsing says so
+        return False
+    return False
 
 
 async def _no_receive() -> Message:
@@ -135,19 +183,25 @@ def create_app(*, settings: Settings | None = None, launcher: Launcher | None = 
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     app.state.settings = settings
     app.state.tokens = TokenCache(settings.token_cache_s)
+    app.state.auth_throttle = AuthThrottle(settings.auth_failures_per_minute)
 
     @app.exception_handler(HwnasError)
     async def _hwnas_error(request: Request, e: HwnasError) -> JSONResponse:
         code = _status_of(e)
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
-        return JSONResponse({"detail": str(e).splitlines()[0] if str(e) else type(e).__name__},
-                            status_code=code, headers=headers)
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if code == 503:
+            log.warning("%s %s: %s", request.method, request.url.path, detail)
+            detail = UNAVAILABLE
+        return JSONResponse({"detail": detail}, status_code=code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
-        errors = jsonable_encoder(e.errors())
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        where = ".".join(str(p) for p in first.get("loc", ()))
+        # where and why only: the rejected value is the client's own, and echoing it broke on NaN/Infinity
+        errors = [{"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", "invalid")),
+                   "type": str(err.get("type", "value_error"))} for err in e.errors()]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        where = ".".join(first["loc"])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return JSONResponse({"detail": f"{where}: {first['msg']}{more}", "errors": errors}, status_code=422)
 
@@ -179,7 +233,8 @@ async def current_user(request: Request,
                        cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
     if cred is None:
         raise AuthError("missing bearer token (Authorization: Bearer <token>)")
-    return await user_for_token(request.app.state.db, request.app.state.tokens, cred.credentials)
+    return await user_for_token(request.app.state.db, request.app.state.tokens, cred.credentials,
+                                throttle=request.app.state.auth_throttle, client=client_of(request))
 
 
 User = Annotated[str, Depends(current_user)]
@@ -197,7 +252,8 @@ def _error(description: str) -> dict[str, Any]:
 _BAD_INPUT: dict[int | str, dict[str, Any]] = {
     400: _error("Unparsable body"), 413: _error("Body too large"), 422: _error("Invalid input (detail says which)"),
     503: _error("Database unavailable")}
-_UNAUTH: dict[int | str, dict[str, Any]] = {401: _error("Missing or invalid token")}
+_UNAUTH: dict[int | str, dict[str, Any]] = {401: _error("Missing or invalid token"),
+                                            429: _error("A quota, or too many failed logins from this client")}
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {**_UNAUTH, 404: _error("Not found (or not yours)")}
 
 
@@ -208,15 +264,16 @@ def _routes(app: FastAPI) -> None:
         try:
             with db.session() as s:
                 s.execute(text("SELECT 1"))
-        except StorageError as e:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from e
+        except StorageError as e:  # unauthenticated: the reason goes to the log, never to the caller
+            log.warning("healthz: %s", e)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE) from e
         return Health(status="ok", database=db.engine.dialect.name, version=hwnas.__version__)
 
     @app.post("/jobs", response_model=JobOut, status_code=201, tags=["jobs"],
               responses={**_UNAUTH, 422: _error("Invalid spec (unknown space or device, a budget no subnet meets)")})
     def submit_job(body: JobCreate, user: User, db: DB) -> JobOut:
         """Validate a search spec, store it as a queued job and start it on the cluster."""
-        job_id = svc.create_owned_job(db, user, body)
+        job_id = svc.create_owned_job(db, user, body, app.state.settings)
         try:
             app.state.launcher.submit("job", job_id)
         except Exception as e:  # the job is stored: the reconciler starts it once the cluster is back
@@ -252,7 +309,7 @@ def _routes(app: FastAPI) -> None:
     def job_candidates(job_id: JobId, user: User, db: DB, limit: Limit = 100, offset: Offset = 0) -> list[CandidateOut]:
         """Every evaluated candidate, in evaluation order."""
         svc.owned_job(db, user, job_id)
-        return [CandidateOut.of(c) for c in candidates(db, job_id)[offset:offset + limit]]
+        return [CandidateOut.of(c) for c in candidates(db, job_id, limit=limit, offset=offset)]
 
     @app.get("/jobs/{job_id}/pareto.png", tags=["jobs"], responses={**_NOT_FOUND, 200: {"content": {"image/png": {}}}},
              response_class=Response)
@@ -267,6 +324,7 @@ def _routes(app: FastAPI) -> None:
         certified with the runtime of its format (ONNX by ONNX Runtime, TorchScript by PyTorch, TVM by TVM)."""
         job = svc.owned_job(db, user, job_id)
         certificate_device(db, job.spec.device, body.format)  # no device to certify it on: 422 now, not later
+        svc.check_export_quota(db, job_id, app.state.settings)
         with db.session() as s:
             if s.scalar(select(Candidate.id).where(Candidate.job_id == job_id,
                                                    Candidate.id == body.candidate_id)) is None:
@@ -309,7 +367,6 @@ def _routes(app: FastAPI) -> None:
               responses={**_UNAUTH, 409: _error("Name taken")})
     def add_device(body: DeviceCreate, user: User, db: DB) -> DeviceOut:
         """Register a device; remote ones join a TVM RPC tracker with `hwnas devices serve`."""
-        make_target(body.target)  # a bad target is refused now, not at the first measurement
         if body.ray_node and (body.tracker or body.key):
             raise MeasurementError(f"device '{body.name}': ray_node and tracker/key exclude each other (a device is "
                                    f"measured on its Ray node or through an RPC tracker)")
@@ -318,6 +375,7 @@ def _routes(app: FastAPI) -> None:
                                 tracker=body.tracker,
                                 rpc_key=body.key, protocol=measure_config(timed_runs=body.timed_runs,
                                                                           passes=body.passes))
+        check_target(body.target)  # now, not at the first measurement; in a subprocess: a target can crash TVM
         return svc.device_out(DeviceRegistry(db).add(profile))
 
     @app.get("/devices/{name}", response_model=DeviceProfileOut, tags=["devices"], responses=_NOT_FOUND)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
 import re
 import secrets
+import threading
 import time
 
 from sqlalchemy import select
+from starlette.requests import Request
 
 from hwnas.db import ApiToken, Database, User
 from hwnas.exceptions import DuplicateError, HwnasError, NotFoundError
@@ -21,6 +24,10 @@ _TOUCH_EVERY = dt.timedelta(minutes=1)  # last_used_at is a hint: not one write 
 
 class AuthError(HwnasError):
     """A missing, unknown or revoked token (HTTP 401)."""
+
+
+class ThrottledError(HwnasError):
+    """Too many failed token checks from one client (HTTP 429)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,12 +119,61 @@ class TokenCache:
         self._entries[hash_token(token)] = (user, time.monotonic() + self.ttl_s)
 
 
-async def user_for_token(db: Database, cache: TokenCache, token: str) -> str:
-    """`authenticate` behind the cache, off the event loop; the one token check of the API and the dashboard."""
+class AuthThrottle:
+    """Failed token checks per client over the last minute: past `per_minute` the client's checks are refused
+    (429) until its oldest failure is a minute old, so tokens cannot be guessed at request speed. One process's
+    memory, bounded: behind several API processes the limit holds per process."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, per_minute: int, max_clients: int = 10_000):
+        self.per_minute, self.max_clients = per_minute, max_clients
+        self._failures: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, client: str) -> None:
+        with self._lock:
+            recent = self._recent(client)
+            if recent is not None and len(recent) >= self.per_minute:
+                wait_s = self.WINDOW_S - (time.monotonic() - recent[0])
+                raise ThrottledError(f"too many failed logins from this client: try again in {max(1, round(wait_s))} s")
+
+    def failed(self, client: str) -> None:
+        with self._lock:
+            if len(self._failures) >= self.max_clients:
+                self._failures.clear()
+            recent = self._recent(client) or self._failures.setdefault(client, collections.deque())
+            recent.append(time.monotonic())
+
+    def _recent(self, client: str) -> collections.deque[float] | None:
+        recent = self._failures.get(client)
+        if recent is not None:
+            while recent and time.monotonic() - recent[0] > self.WINDOW_S:
+                recent.popleft()
+        return recent
+
+
+def client_of(request: Request) -> str:
+    """Who failed logins are counted against: the peer address (behind a proxy, uvicorn's --forwarded-allow-ips
+    makes it the client's)."""
+    return request.client.host if request.client else ""
+
+
+async def user_for_token(db: Database, cache: TokenCache, token: str, *, throttle: AuthThrottle | None = None,
+                         client: str = "") -> str:
+    """`authenticate` behind the cache, off the event loop; the one token check of the API and the dashboard.
+    With a `throttle`, a `client` past its failures is refused before any lookup, and each failure counts."""
     from fastapi.concurrency import run_in_threadpool
 
     user = cache.get(token)
     if user is None:
-        user = await run_in_threadpool(authenticate, db, token)
+        if throttle is not None:
+            throttle.check(client)
+        try:
+            user = await run_in_threadpool(authenticate, db, token)
+        except AuthError:
+            if throttle is not None:
+                throttle.failed(client)
+            raise
         cache.put(token, user)
     return user

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,11 +20,11 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from hwnas.api import _service as svc
-from hwnas.api._auth import AuthError, authenticate, user_for_token
+from hwnas.api._auth import AuthError, ThrottledError, authenticate, client_of, user_for_token
 from hwnas.api._schemas import JobOut
 from hwnas.db import Database
 from hwnas.exceptions import HwnasError, NotFoundError
-from hwnas.jobs import ACTIVE, JOB_STATUSES, candidates, count_jobs, front, list_jobs
+from hwnas.jobs import ACTIVE, JOB_STATUSES, candidates, count_candidates, count_jobs, front, list_jobs
 from hwnas.latency import DeviceRegistry
 
 router = APIRouter(include_in_schema=False)
@@ -94,8 +95,9 @@ async def cookie_user(request: Request) -> str:
     if not token or len(token) > 512:
         raise _to_login()
     try:
-        return await user_for_token(_db(request), request.app.state.tokens, token)
-    except AuthError:
+        return await user_for_token(_db(request), request.app.state.tokens, token,
+                                    throttle=request.app.state.auth_throttle, client=client_of(request))
+    except (AuthError, ThrottledError):
         raise _to_login() from None
 
 
@@ -121,10 +123,17 @@ def login(request: Request, token: Annotated[str, Form(max_length=512)] = "") ->
         return _page(request, "login.html", None, status_code=403, title="Log in",
                      error="Log in from this site's own form.")
     token = token.strip()
+    throttle, client = request.app.state.auth_throttle, client_of(request)
+    try:
+        throttle.check(client)
+    except ThrottledError as e:
+        return _page(request, "login.html", None, status_code=429, title="Log in", error=f"{str(e).capitalize()}.")
     try:
         authenticate(_db(request), token) if token else None
     except AuthError:
         token = ""
+    if not token:
+        throttle.failed(client)
     if not token:
         return _page(request, "login.html", None, status_code=401, title="Log in",
                      error="Invalid or revoked token.")
@@ -153,12 +162,24 @@ def home() -> RedirectResponse:
     return RedirectResponse("/ui/jobs", status_code=303)
 
 
+_ID_MAX = 2**31 - 1  # database integers: a larger id can exist nowhere
+
+
+def _ascii_int(raw: str | None) -> int | None:
+    """`raw` as an integer if it is 1-10 ASCII digits (int() also reads Unicode digits such as '٣', and
+    str.isdigit() passes '²', which int() refuses), else None."""
+    return int(raw) if raw is not None and re.fullmatch(r"[0-9]{1,10}", raw) else None
+
+
+def _id(raw: str) -> int | None:
+    value = _ascii_int(raw)
+    return value if value is not None and 1 <= value <= _ID_MAX else None
+
+
 def _int(raw: str | None, default: int, lo: int = 1, hi: int = 10**6) -> int:
     """A lenient query integer: garbage falls back to the default, out-of-range values are clamped."""
-    try:
-        return min(hi, max(lo, int(raw))) if raw is not None else default
-    except ValueError:
-        return default
+    value = _ascii_int(raw)
+    return default if value is None else min(hi, max(lo, value))
 
 
 @router.get("/ui/jobs")
@@ -176,10 +197,11 @@ def jobs_page(request: Request, user: UIUser, db: DB, status: str | None = None,
 
 def _owned(db: Database, user: str, raw_id: str) -> Any:
     """The user's job `raw_id`, or None when it is no id, not theirs, or does not exist (all look the same)."""
-    if not raw_id.isdigit() or not 1 <= int(raw_id) <= 2**31 - 1:
+    job_id = _id(raw_id)
+    if job_id is None:
         return None
     try:
-        return svc.owned_job(db, user, int(raw_id))
+        return svc.owned_job(db, user, job_id)
     except NotFoundError:
         return None
 
@@ -190,13 +212,13 @@ def job_page(request: Request, job_id: str, user: UIUser, db: DB, page: str | No
     if job is None:
         return _not_found(request, user, f"search job {job_id}")
     members = front(db, job.id)
-    rows = candidates(db, job.id)
-    pages = max(1, math.ceil(len(rows) / CANDIDATES_PER_PAGE))
+    total = count_candidates(db, job.id)
+    pages = max(1, math.ceil(total / CANDIDATES_PER_PAGE))
     page_ = min(_int(page, 1), pages)
-    shown = rows[(page_ - 1) * CANDIDATES_PER_PAGE:page_ * CANDIDATES_PER_PAGE]
+    shown = candidates(db, job.id, limit=CANDIDATES_PER_PAGE, offset=(page_ - 1) * CANDIDATES_PER_PAGE)
     out = JobOut.of(job)
     return _page(request, "job.html", user, title=f"Job {job.id}", job=out, front=members,
-                 front_ids={m.candidate.id for m in members}, candidates=shown, candidates_total=len(rows),
+                 front_ids={m.candidate.id for m in members}, candidates=shown, candidates_total=total,
                  page=page_, pages=pages, exports=svc.job_exports(db, job.id),
                  refresh=REFRESH_S if job.status in ACTIVE else None)
 
@@ -213,7 +235,8 @@ def pareto_png(request: Request, job_id: str, user: UIUser, db: DB) -> Response:
 def export_download(request: Request, export_id: str, user: UIUser, db: DB) -> Response:
     """A ready export's bundle for the logged-in owner (the same file as GET /exports/{id} with a token)."""
     try:
-        out, zip_path = svc.owned_export(db, user, int(export_id)) if export_id.isdigit() else (None, None)
+        wanted = _id(export_id)
+        out, zip_path = svc.owned_export(db, user, wanted) if wanted is not None else (None, None)
     except NotFoundError:
         out, zip_path = None, None
     if out is None or out.status != "ready" or zip_path is None or not zip_path.exists():

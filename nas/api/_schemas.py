@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,6 +12,14 @@ from hwnas.export import ExportFormat
 from hwnas.jobs import CandidateRow, ExportStatus, FitnessMetric, FrontMember, JobInfo, JobStatus
 from hwnas.latency import DeviceKind, DeviceRuntime
 from hwnas.search import StrategyName as Strategy
+
+_SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\]+[/\\])+[^\s'\",;:)]*")
+
+
+def public_message(text: str | None) -> str | None:
+    """`text` with server paths left out: what a user is shown of an error written on the cluster."""
+    return _SERVER_PATH.sub("<server path>", text) if text else text
+
 
 _Name = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -71,9 +80,9 @@ class JobOut(BaseModel):
         spec = j.spec.to_dict()
         spec.pop("supernet", None)  # a server path: not the user's business
         spec.pop("tuning_dir", None)
-        return cls(id=j.id, status=j.status, error=j.error, note=j.note, space=j.spec.space, device=j.spec.device,
-                   latency_ms=j.spec.latency_ms, strategy=j.spec.strategy, generation=j.generation,
-                   generations_total=j.generations_total,
+        return cls(id=j.id, status=j.status, error=public_message(j.error), note=j.note, space=j.spec.space,
+                   device=j.spec.device, latency_ms=j.spec.latency_ms, strategy=j.spec.strategy,
+                   generation=j.generation, generations_total=j.generations_total,
                    progress=min(1.0, j.generation / j.generations_total) if j.generations_total else 0.0,
                    evaluations=j.evaluations, best_loss=j.best_loss, best_subnet_key=j.best_subnet_key,
                    attempts=j.attempts, created_at=j.created_at, started_at=j.started_at,
@@ -102,8 +111,8 @@ class CandidateOut(BaseModel):
     @classmethod
     def of(cls, c: CandidateRow) -> CandidateOut:
         return cls(id=c.id, subnet_key=c.subnet.key(), subnet=c.subnet.to_dict(), generation=c.generation,
-                   loss=c.loss, bleu=c.bleu, error=c.error, predicted_latency_ms=c.predicted_latency_ms,
-                   params=c.params, flops=c.flops)
+                   loss=c.loss, bleu=c.bleu, error=public_message(c.error),
+                   predicted_latency_ms=c.predicted_latency_ms, params=c.params, flops=c.flops)
 
 
 class ParetoMemberOut(BaseModel):
@@ -142,7 +151,8 @@ class DeviceCreate(_In):
     runtime: DeviceRuntime = "tvm"
     tracker: str | None = Field(None, max_length=256, pattern=r"^[A-Za-z0-9_.-]+:[0-9]{1,5}$",
                                 description="HOST:PORT of the TVM RPC tracker (remote devices)")
-    key: str | None = Field(None, min_length=1, max_length=128, description="RPC device key (remote devices)")
+    key: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$",
+                             description="RPC device key (remote devices)")
     ray_node: bool = Field(False, description="Measured on the Ray node dedicated to it (advertising the resource "
                                               "hwnas_device:NAME), not through RPC or on the API's machine")
     timed_runs: int = Field(100, ge=20, le=100_000, description="Timed runs per measurement")

@@ -19,10 +19,12 @@ from hwnas.api._schemas import (
     PredictionOut,
     PredictorOut,
     RevisionOut,
+    public_message,
 )
 from hwnas.db import Database, Device, Export, Measurement, SearchJob
-from hwnas.exceptions import NotFoundError, SearchError, SearchSpaceError
+from hwnas.exceptions import HwnasError, NotFoundError, SearchError, SearchSpaceError
 from hwnas.jobs import (
+    ACTIVE,
     FitnessConfig,
     JobInfo,
     SearchSpec,
@@ -37,8 +39,9 @@ from hwnas.jobs import (
     tuning_to_use,
 )
 from hwnas.latency import DeviceProfile, DeviceRegistry, list_predictors
-from hwnas.search import strategy_options
+from hwnas.search import planned_evaluations, strategy_options
 from hwnas.search_spaces import SubnetConfig, get_space, list_spaces
+from hwnas.settings import Settings
 
 
 def owned_job(db: Database, user: str, job_id: int) -> JobInfo:
@@ -73,18 +76,48 @@ def spec_of(db: Database, body: JobCreate) -> SearchSpec:
                       tuning_dir=tuning_to_use(DeviceRegistry(db).get(body.device), body.space))
 
 
-def create_owned_job(db: Database, user: str, body: JobCreate) -> int:
-    """Validate and store `body` as `user`'s queued job. A device named in the body that does not exist is the
-    body's fault (422), not a missing resource (404)."""
+class QuotaError(HwnasError):
+    """A user holds as many of something as the service allows (HTTP 429); the message names the setting."""
+
+
+def create_owned_job(db: Database, user: str, body: JobCreate, settings: Settings) -> int:
+    """Validate and store `body` as `user`'s queued job, within the user's quotas. A device named in the body
+    that does not exist is the body's fault (422), not a missing resource (404)."""
     try:
-        return create_job(db, spec_of(db, body), owner=user)
+        spec = spec_of(db, body)
+        _check_job_quotas(db, user, spec, settings)
+        return create_job(db, spec, owner=user)
     except NotFoundError as e:
         raise SearchError(str(e)) from e
 
 
+def _check_job_quotas(db: Database, user: str, spec: SearchSpec, settings: Settings) -> None:
+    evaluations = planned_evaluations(spec.options)
+    if evaluations > settings.quota_evaluations:
+        raise SearchError(f"population x generations = {evaluations} is over the quota of "
+                          f"{settings.quota_evaluations} evaluations per job (HWNAS_QUOTA_EVALUATIONS)")
+    if spec.workers > settings.quota_workers:
+        raise SearchError(f"workers = {spec.workers} is over the quota of {settings.quota_workers} per job "
+                          f"(HWNAS_QUOTA_WORKERS)")
+    with db.session() as s:  # a soft limit: submissions racing past the count together all land
+        active = s.scalar(select(func.count()).select_from(SearchJob)
+                          .where(SearchJob.owner == user, SearchJob.status.in_(ACTIVE))) or 0
+    if active >= settings.quota_active_jobs:
+        raise QuotaError(f"{active} of your jobs are queued or running: the quota is {settings.quota_active_jobs} "
+                         f"(HWNAS_QUOTA_ACTIVE_JOBS); cancel one or wait for it to finish")
+
+
+def check_export_quota(db: Database, job_id: int, settings: Settings) -> None:
+    with db.session() as s:
+        n = s.scalar(select(func.count()).select_from(Export).where(Export.job_id == job_id)) or 0
+    if n >= settings.quota_exports_per_job:
+        raise QuotaError(f"job {job_id} has {n} exports: the quota is {settings.quota_exports_per_job} per job "
+                         f"(HWNAS_QUOTA_EXPORTS_PER_JOB)")
+
+
 def export_out(row: Export) -> ExportOut:
     return ExportOut(id=row.id, job_id=row.job_id, candidate_id=row.candidate_id, format=row.format,
-                     status=row.status, error=row.error, created_at=row.created_at,
+                     status=row.status, error=public_message(row.error), created_at=row.created_at,
                      finished_at=row.finished_at, download=f"/exports/{row.id}")
 
 

@@ -145,14 +145,13 @@ def devices_add(
 ) -> None:
     """Register a device; remote ones join a tracker with `hwnas devices serve`, Ray nodes the cluster."""
     from hwnas.exceptions import MeasurementError
-    from hwnas.kernels import make_target
+    from hwnas.kernels import check_target
     from hwnas.latency import DeviceProfile, DeviceRegistry, measure_config
 
     try:
         target_dict = json.loads(target)
     except json.JSONDecodeError as e:
         raise MeasurementError(f"--target is not valid JSON: {e}") from e
-    make_target(target_dict)  # reject a bad target now, not at the first measurement
     if ray_node and (tracker or key):
         raise MeasurementError(f"device '{name}': --ray-node and --tracker/--key exclude each other (a device is "
                                f"measured on its Ray node or through an RPC tracker)")
@@ -160,6 +159,7 @@ def devices_add(
                             location="rpc" if tracker or key else "ray" if ray_node else "local", tracker=tracker,
                             rpc_key=key,
                             protocol=measure_config(timed_runs=timed_runs, passes=passes))
+    check_target(target_dict, compiler_options=True)  # now, not at the first measurement; operators' CLI
     DeviceRegistry(db()).add(profile)
     console.print(f"added device '{name}'")
     if ray_node:

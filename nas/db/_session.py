@@ -11,9 +11,10 @@ from typing import Any
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import DataError as SQLDataError
 from sqlalchemy.orm import Session, sessionmaker
 
-from hwnas.exceptions import StorageError
+from hwnas.exceptions import InvalidValueError, StorageError
 from hwnas.settings import Settings
 
 __all__ = ["Database", "alembic_config", "create_engine_for", "masked", "resolve_url", "upgrade"]
@@ -152,6 +153,9 @@ class Database:
         try:
             yield session
             session.commit()
+        except SQLDataError as e:  # the value, not the database: a NUL byte in text, a number out of range
+            _rollback(session)
+            raise InvalidValueError(f"a value the database cannot store: {_first_line(e, self.url)}") from e
         except SQLAlchemyError as e:
             _rollback(session)
             raise StorageError(f"database {masked(self.url)}: {_first_line(e, self.url)}") from e

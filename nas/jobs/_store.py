@@ -23,7 +23,8 @@ from hwnas.search_spaces import SubnetConfig, get_space
 from hwnas.settings import Settings
 from hwnas.supernet import ModelConfig, read_checkpoint
 
-__all__ = ["CandidateRow", "FrontMember", "JobInfo", "cancel_job", "candidates", "count_jobs", "create_job", "front",
+__all__ = ["CandidateRow", "FrontMember", "JobInfo", "cancel_job", "candidates", "count_candidates", "count_jobs",
+           "create_job", "front",
            "front_candidates", "get_job", "job_model_config", "job_provenance", "list_jobs", "tuning_to_use"]
 
 OBJECTIVES = ("loss", "predicted_latency_ms", "params", "flops")  # the front's axes, all minimised
@@ -206,10 +207,16 @@ def _candidate(c: Candidate) -> CandidateRow:
                         c.predicted_latency_ms, c.params, c.flops)
 
 
-def candidates(db: Database, job_id: int) -> list[CandidateRow]:
+def candidates(db: Database, job_id: int, *, limit: int | None = None, offset: int = 0) -> list[CandidateRow]:
+    """The job's candidates in evaluation order; a page of them with `limit`/`offset` (paged in the database)."""
     with db.session() as s:
-        return [_candidate(c) for c in s.scalars(select(Candidate).where(Candidate.job_id == job_id)
-                                                 .order_by(Candidate.id))]
+        q = select(Candidate).where(Candidate.job_id == job_id).order_by(Candidate.id).offset(offset).limit(limit)
+        return [_candidate(c) for c in s.scalars(q)]
+
+
+def count_candidates(db: Database, job_id: int) -> int:
+    with db.session() as s:
+        return s.scalar(select(func.count()).select_from(Candidate).where(Candidate.job_id == job_id)) or 0
 
 
 def front(db: Database, job_id: int) -> list[FrontMember]:

@@ -7,12 +7,22 @@ database nor the latency layer: scoring, persistence and measurement live in `hw
 
 from hwnas.search._base import Evaluation, LatencyConstraint, Problem, Strategy
 from hwnas.search._evolution import EvolutionarySearch
-from hwnas.search._factory import STRATEGIES, StrategyName, create_strategy, strategy_options
+from hwnas.search._factory import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_BATCHES,
+    STRATEGIES,
+    StrategyName,
+    create_strategy,
+    planned_evaluations,
+    strategy_options,
+)
 from hwnas.search._optuna import NSGA2Search, OptunaSearch, TPESearch
 from hwnas.search._pareto import hypervolume_2d, pareto_mask
 from hwnas.search._random import RandomSearch
 
 __all__ = [
+    "DEFAULT_BATCHES",
+    "DEFAULT_BATCH_SIZE",
     "STRATEGIES",
     "Evaluation",
     "EvolutionarySearch",
@@ -27,5 +37,6 @@ __all__ = [
     "create_strategy",
     "hypervolume_2d",
     "pareto_mask",
+    "planned_evaluations",
     "strategy_options",
 ]

@@ -9,10 +9,12 @@ from hwnas.search._evolution import EvolutionarySearch
 from hwnas.search._optuna import OptunaSearch
 from hwnas.search._random import RandomSearch
 
-__all__ = ["STRATEGIES", "StrategyName", "create_strategy", "strategy_options"]
+__all__ = ["DEFAULT_BATCHES", "DEFAULT_BATCH_SIZE", "STRATEGIES", "StrategyName", "create_strategy",
+           "planned_evaluations", "strategy_options"]
 
 StrategyName = Literal["evo", "nsga2", "tpe", "random"]
 STRATEGIES: tuple[StrategyName, ...] = get_args(StrategyName)
+DEFAULT_BATCH_SIZE, DEFAULT_BATCHES = 125, 30  # HAT's population and generations
 _BATCHED = {"batch_size", "batches", "max_attempts_per_subnet"}
 _EVO = {"population", "parents", "mutations", "crossovers", "generations", "mutation_prob", "max_attempts_per_child"}
 
@@ -73,3 +75,9 @@ def strategy_options(strategy: str, *, population: int | None = None, generation
     if generations is not None:
         opts["batches"] = generations
     return opts
+
+
+def planned_evaluations(options: dict[str, Any]) -> int:
+    """Subnets a strategy with `options` (either vocabulary) proposes in all: batch size x batches."""
+    size = options.get("batch_size", options.get("population", DEFAULT_BATCH_SIZE))
+    return int(size) * int(options.get("batches", options.get("generations", DEFAULT_BATCHES)))

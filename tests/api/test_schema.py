@@ -29,10 +29,10 @@ def server(service_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         budget_ms = ready_for_jobs(db, service_home)
         create_user(db, "fuzz")
         token = create_token(db, "fuzz")
+        settings = Settings(db_url=db.url, reconcile_every_s=3600)
         create_owned_job(db, "fuzz", JobCreate(space="quickstart", device=DEVICE, latency_ms=budget_ms,
-                                               population=8, generations=1, verify=False))
-        app = create_app(settings=Settings(db_url=db.url, reconcile_every_s=3600),
-                         launcher=RecordingLauncher())
+                                               population=8, generations=1, verify=False), settings)
+        app = create_app(settings=settings, launcher=RecordingLauncher())
         with live_server(app) as base:
             yield base, token
         db.close()
