@@ -59,12 +59,17 @@ class DeviceProfile:
     rpc_key: str | None = None
     fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
     protocol: MeasureConfig = MeasureConfig()
+    owner: str | None = None  # a user's private device, named OWNER.NAME; None: shared (the operators')
 
     def __post_init__(self) -> None:
         name = self.name
-        if not 0 < len(name) <= NAME_MAX_CHARS or not all(c.isalnum() or c in "-_." for c in name):
+        if not 0 < len(name) <= NAME_MAX_CHARS or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
             raise MeasurementError(f"device name {name!r} must be 1 to {NAME_MAX_CHARS} characters: letters, digits, "
                                    f"'-', '_' or '.'")
+        if self.owner is not None and not (name.startswith(f"{self.owner}.") and len(name) > len(self.owner) + 1):
+            # so that a user never takes a name an operator means to use for a shared device
+            raise MeasurementError(f"device '{name}': a user's private device is named after them, "
+                                   f"'{self.owner}.NAME' (e.g. '{self.owner}.{name.split('.')[-1] or 'board'}')")
         for field, allowed in (("kind", KINDS), ("runtime", RUNTIMES), ("location", LOCATIONS)):
             if getattr(self, field) not in allowed:
                 raise MeasurementError(f"device '{name}': {field} '{getattr(self, field)}' is not one of "

@@ -19,6 +19,7 @@ from hwnas.db import Device as DeviceRow
 from hwnas.db import DeviceRevision as RevisionRow
 from hwnas.db import Measurement as MeasurementRow
 from hwnas.db import Predictor as PredictorRow
+from hwnas.db import User as UserRow
 from hwnas.exceptions import DuplicateError, MeasurementError, NotFoundError
 from hwnas.latency._collect import MeasurementRecord, MeasurementStore, Provenance, latency_model_key, tuning_key
 from hwnas.latency._devices import (
@@ -54,7 +55,13 @@ class Revision:
 def _profile(row: DeviceRow) -> DeviceProfile:
     return DeviceProfile(name=row.name, kind=row.kind, target=dict(row.target), runtime=row.runtime,
                          location=row.location, tracker=row.tracker, rpc_key=row.rpc_key,
-                         fingerprint=dict(row.fingerprint), protocol=MeasureConfig.from_dict(row.protocol))
+                         fingerprint=dict(row.fingerprint), protocol=MeasureConfig.from_dict(row.protocol),
+                         owner=row.owner.name if row.owner is not None else None)
+
+
+def _visible(row: DeviceRow, user: str | None) -> bool:
+    """Whether `user` sees the device (None: everyone's view, the operators' and the CLI's)."""
+    return user is None or row.owner is None or row.owner.name == user
 
 
 class DeviceRegistry:
@@ -80,9 +87,14 @@ class DeviceRegistry:
         with self.db.session() as s:
             if s.scalar(select(DeviceRow.id).where(DeviceRow.name == p.name)) is not None:
                 raise DuplicateError(taken)
+            owner_id = None
+            if p.owner is not None:
+                owner_id = s.scalar(select(UserRow.id).where(UserRow.name == p.owner))
+                if owner_id is None:
+                    raise NotFoundError(f"device '{p.name}': no user '{p.owner}' to own it")
             row = DeviceRow(name=p.name, kind=p.kind, target=p.target, runtime=p.runtime, location=p.location,
                             tracker=p.tracker, rpc_key=p.rpc_key, fingerprint=p.fingerprint,
-                            protocol=p.protocol.to_dict())
+                            protocol=p.protocol.to_dict(), owner_id=owner_id)
             s.add(row)
             try:
                 s.flush()
@@ -90,33 +102,43 @@ class DeviceRegistry:
                 raise DuplicateError(taken) from e
             return row.id
 
-    def _row(self, s: Session, name: str) -> DeviceRow:
+    def _row(self, s: Session, name: str, visible_to: str | None = None) -> DeviceRow:
         row = s.scalar(select(DeviceRow).where(DeviceRow.name == name))
-        if row is None:
-            known = sorted({*builtin_devices(), *s.scalars(select(DeviceRow.name))})
+        if row is None or not _visible(row, visible_to):  # another's private device does not exist for you
+            known = sorted({*builtin_devices(), *(r.name for r in s.scalars(select(DeviceRow))
+                                                  if _visible(r, visible_to))})
             raise NotFoundError(f"unknown device '{name}' (known: {', '.join(known)})")
         return row
 
-    def get(self, name: str) -> DeviceProfile:
-        """A built-in or registered device; NotFoundError (a LookupError) lists the known names."""
+    def get(self, name: str, *, visible_to: str | None = None) -> DeviceProfile:
+        """A built-in or registered device; NotFoundError (a LookupError) lists the known names. With
+        `visible_to`, a user's view: the shared devices and their own."""
         builtin = builtin_devices()
         if name in builtin:
             return builtin[name]
         with self.db.session() as s:
-            return _probed(_profile(self._row(s, name)))
+            return _probed(_profile(self._row(s, name, visible_to)))
 
-    def list(self) -> list[DeviceProfile]:
-        """The built-ins, then the registered devices by name."""
+    def list(self, *, visible_to: str | None = None) -> list[DeviceProfile]:
+        """The built-ins, then the registered devices by name (with `visible_to`: shared ones and theirs)."""
         builtin = builtin_devices()
         with self.db.session() as s:
-            rows = [_probed(_profile(r)) for r in s.scalars(select(DeviceRow).order_by(DeviceRow.name))]
+            rows = [_probed(_profile(r)) for r in s.scalars(select(DeviceRow).order_by(DeviceRow.name))
+                    if _visible(r, visible_to)]
         return [*builtin.values(), *(d for d in rows if d.name not in builtin)]
 
-    def remove(self, name: str) -> None:
+    def owned(self, user: str) -> int:
+        """How many private devices `user` has."""
+        with self.db.session() as s:
+            return len(list(s.scalars(select(DeviceRow.id).join(UserRow, DeviceRow.owner_id == UserRow.id)
+                                      .where(UserRow.name == user))))
+
+    def remove(self, name: str, *, visible_to: str | None = None) -> None:
         if name in builtin_devices():
             raise DuplicateError(f"device '{name}' is built in and cannot be removed")
         with self.db.session() as s:
-            s.delete(self._row(s, name))  # its measurements and predictors go with it (ON DELETE CASCADE)
+            # its measurements and predictors go with it (ON DELETE CASCADE)
+            s.delete(self._row(s, name, visible_to))
 
     def row_id(self, profile: DeviceProfile) -> int:
         """The device's row id; a built-in gets its row on first use, and its fingerprint and protocol kept

@@ -15,6 +15,7 @@ __all__ = [
     "DuplicateError",
     "ExportError",
     "SearchError",
+    "AuthError",
 ]
 
 
@@ -66,3 +67,7 @@ class ExportError(HwnasError):
 
 class SearchError(HwnasError, ValueError):
     """A search cannot run: a bad spec (strategy, options, budget), workers that cannot start, or a finished job."""
+
+
+class AuthError(HwnasError):
+    """A missing, unknown, revoked or expired token (HTTP 401)."""

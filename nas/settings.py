@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     quota_workers: int = Field(8, ge=1)  # one job's scoring actors (422 beyond)
     quota_exports_per_job: int = Field(20, ge=1)  # exports of one job, failed ones included (429 beyond)
     auth_failures_per_minute: int = Field(20, ge=1)  # failed token checks from one client (429 beyond)
+    token_ttl_days: float = Field(90.0, gt=0)  # lifetime of a token `hwnas tokens create` makes
+    session_ttl_h: float = Field(12.0, gt=0)  # lifetime of a dashboard login's session token
+    quota_devices: int = Field(5, ge=0)  # private devices per user (429 beyond)
 
     # -- the workspace ---------------------------------------------------------------------------------------
     def database_url(self) -> str:

@@ -1,4 +1,5 @@
-"""The hwnas service (`hwnas.api`, folder `nas/api/`): REST API and dashboard (`hwnas serve`), users and tokens.
+"""The hwnas service (`hwnas.api`, folder `nas/api/`): REST API and dashboard (`hwnas serve`); users and tokens
+(`hwnas.db`) re-exported for the service's users.
 
     from hwnas.api import create_app
     from hwnas.settings import Settings
@@ -8,7 +9,8 @@ Jobs and exports run through `hwnas.jobs`' launchers and reconciler, never in th
 """
 
 from hwnas.api._app import create_app
-from hwnas.api._auth import AuthError, UserInfo, authenticate, create_token, create_user, list_users, revoke_tokens
+from hwnas.db import UserInfo, authenticate, create_token, create_user, list_users, revoke_tokens
+from hwnas.exceptions import AuthError
 
 __all__ = [
     "AuthError",

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hwnas
 from hwnas.api import _service as svc
-from hwnas.api._auth import AuthError, AuthThrottle, ThrottledError, TokenCache, client_of, user_for_token
+from hwnas.api._auth import AuthThrottle, ThrottledError, TokenCache, client_of, user_for_token
 from hwnas.api._dashboard import router as dashboard
 from hwnas.api._schemas import (
     CandidateOut,
@@ -42,6 +42,7 @@ from hwnas.api._schemas import (
 )
 from hwnas.db import Candidate, Database, Export
 from hwnas.exceptions import (
+    AuthError,
     DuplicateError,
     HwnasError,
     InvalidValueError,
@@ -63,7 +64,6 @@ from hwnas.jobs import (
     list_jobs,
     reconcile,
 )
-from hwnas.kernels import check_target
 from hwnas.latency import DeviceProfile, DeviceRegistry, measure_config
 from hwnas.settings import Settings
 
@@ -72,7 +72,7 @@ log = logging.getLogger("hwnas.api")
 # HwnasError subclasses -> HTTP status (the first that matches); any other HwnasError is the input's fault: 422
 _STATUS: tuple[tuple[type[HwnasError], int], ...] = (
     (AuthError, 401), (ThrottledError, 429), (NotFoundError, 404), (DuplicateError, 409), (JobBusyError, 409),
-    (svc.QuotaError, 429), (InvalidValueError, 422), (StorageError, 503))
+    (svc.QuotaError, 429), (svc.ForbiddenError, 403), (InvalidValueError, 422), (StorageError, 503))
 UNAVAILABLE = "database unavailable; try again later"  # its URL, host and user stay in the server's log
 
 
@@ -361,12 +361,15 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/devices", response_model=list[DeviceOut], tags=["devices"], responses=_UNAUTH)
     def devices(user: User, db: DB) -> list[DeviceOut]:
-        return [svc.device_out(d) for d in DeviceRegistry(db).list()]
+        """The devices you can use: the shared ones (trackers and keys shown to operators only) and your own."""
+        viewer = svc.Viewer.of(db, user)
+        return [svc.device_out(d, viewer) for d in DeviceRegistry(db).list(visible_to=viewer.sees)]
 
     @app.post("/devices", response_model=DeviceOut, status_code=201, tags=["devices"],
               responses={**_UNAUTH, 409: _error("Name taken")})
     def add_device(body: DeviceCreate, user: User, db: DB) -> DeviceOut:
-        """Register a device; remote ones join a TVM RPC tracker with `hwnas devices serve`."""
+        """Register a device; remote ones join a TVM RPC tracker with `hwnas devices serve`. An operator's device
+        is shared; a user's is private, named `USER.NAME`, within the user's quota."""
         if body.ray_node and (body.tracker or body.key):
             raise MeasurementError(f"device '{body.name}': ray_node and tracker/key exclude each other (a device is "
                                    f"measured on its Ray node or through an RPC tracker)")
@@ -375,14 +378,21 @@ def _routes(app: FastAPI) -> None:
                                 tracker=body.tracker,
                                 rpc_key=body.key, protocol=measure_config(timed_runs=body.timed_runs,
                                                                           passes=body.passes))
-        check_target(body.target)  # now, not at the first measurement; in a subprocess: a target can crash TVM
-        return svc.device_out(DeviceRegistry(db).add(profile))
+        viewer = svc.Viewer.of(db, user)
+        return svc.device_out(svc.add_device(db, viewer, profile, app.state.settings), viewer)
+
+    @app.delete("/devices/{name}", status_code=204, tags=["devices"],
+                responses={**_NOT_FOUND, 403: _error("A shared device: only operators remove it")})
+    def remove_device(name: str, user: User, db: DB) -> Response:
+        """Remove a device with its measurements and predictors: your own, or any as an operator."""
+        svc.remove_device(db, svc.Viewer.of(db, user), name)
+        return Response(status_code=204)
 
     @app.get("/devices/{name}", response_model=DeviceProfileOut, tags=["devices"], responses=_NOT_FOUND)
     def device(name: str, user: User, db: DB) -> DeviceProfileOut:
         """Fingerprint, protocol, revisions, measurement count and noise, predictors with their provenance and
         held-out accuracy."""
-        return svc.device_profile(db, name)
+        return svc.device_profile(db, name, svc.Viewer.of(db, user))
 
     @app.post("/devices/{name}/predict", response_model=PredictionOut, tags=["devices"],
               responses={**_NOT_FOUND, 422: _error("Subnet outside the space, or no supernet for it")})
@@ -390,5 +400,5 @@ def _routes(app: FastAPI) -> None:
         """A subnet's predicted latency on the device (its current revision, unless asked), with the predictor's
         version, the revision and the predictor's held-out error bar; no predictor of exactly that provenance
         is a 404 listing those stored."""
-        return svc.predict(db, name, body)
+        return svc.predict(db, name, body, svc.Viewer.of(db, user))
 

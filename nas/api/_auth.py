@@ -1,104 +1,20 @@
-"""Users and bearer tokens. A token is shown once, at creation; the database keeps only its SHA-256."""
+"""The service's side of authentication: a token cache, the throttle on failed token checks, and the one
+token check of the API and the dashboard. Users, roles and tokens themselves live in `hwnas.db`."""
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import datetime as dt
-import hashlib
-import re
-import secrets
 import threading
 import time
 
-from sqlalchemy import select
 from starlette.requests import Request
 
-from hwnas.db import ApiToken, Database, User
-from hwnas.exceptions import DuplicateError, HwnasError, NotFoundError
-
-TOKEN_PREFIX = "hwnas_"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_TOUCH_EVERY = dt.timedelta(minutes=1)  # last_used_at is a hint: not one write per request
-
-
-class AuthError(HwnasError):
-    """A missing, unknown or revoked token (HTTP 401)."""
+from hwnas.db import Database, authenticate, hash_token
+from hwnas.exceptions import AuthError, HwnasError
 
 
 class ThrottledError(HwnasError):
     """Too many failed token checks from one client (HTTP 429)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class UserInfo:
-    id: int
-    name: str
-    created_at: dt.datetime
-    tokens: int
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def create_user(db: Database, name: str) -> UserInfo:
-    if not _NAME.fullmatch(name):
-        raise HwnasError(f"user name '{name}' must be 1-64 letters, digits, '_', '.' or '-', starting alphanumeric")
-    with db.session() as s:
-        if s.scalar(select(User).where(User.name == name)) is not None:
-            raise DuplicateError(f"user '{name}' exists")
-        user = User(name=name)
-        s.add(user)
-        s.flush()
-        return UserInfo(user.id, user.name, user.created_at, 0)
-
-
-def list_users(db: Database) -> list[UserInfo]:
-    with db.session() as s:
-        return [UserInfo(u.id, u.name, u.created_at, sum(t.revoked_at is None for t in u.tokens))
-                for u in s.scalars(select(User).order_by(User.name))]
-
-
-def create_token(db: Database, user: str, *, label: str | None = None) -> str:
-    """A new token for `user` (256 random bits); only its hash is stored, so this is the one time it is seen."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    with db.session() as s:
-        row = s.scalar(select(User).where(User.name == user))
-        if row is None:
-            raise NotFoundError(f"no user '{user}' (create it: hwnas users create {user})")
-        s.add(ApiToken(user_id=row.id, token_sha256=hash_token(token), label=label))
-    return token
-
-
-def revoke_tokens(db: Database, user: str) -> int:
-    """Revoke every live token of `user`; returns how many."""
-    with db.session() as s:
-        row = s.scalar(select(User).where(User.name == user))
-        if row is None:
-            raise NotFoundError(f"no user '{user}'")
-        live = [t for t in row.tokens if t.revoked_at is None]
-        for t in live:
-            t.revoked_at = _now()
-        return len(live)
-
-
-def authenticate(db: Database, token: str) -> str:
-    """The name of the user holding `token`. Raises AuthError for an unknown or revoked token."""
-    with db.session() as s:
-        row = s.execute(select(ApiToken, User.name).join(User)
-                        .where(ApiToken.token_sha256 == hash_token(token))).first()
-        if row is None or row[0].revoked_at is not None:
-            raise AuthError("invalid or revoked token")
-        tok, name = row
-        now = _now()
-        if tok.last_used_at is None or now - tok.last_used_at > _TOUCH_EVERY:
-            tok.last_used_at = now
-        return name
 
 
 class TokenCache:

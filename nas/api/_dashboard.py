@@ -13,6 +13,7 @@ import math
 import re
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import jinja2
 from fastapi import APIRouter, Depends, Form, HTTPException, Request, Response
@@ -20,10 +21,10 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from hwnas.api import _service as svc
-from hwnas.api._auth import AuthError, ThrottledError, authenticate, client_of, user_for_token
+from hwnas.api._auth import ThrottledError, client_of, user_for_token
 from hwnas.api._schemas import JobOut
-from hwnas.db import Database
-from hwnas.exceptions import HwnasError, NotFoundError
+from hwnas.db import Database, authenticate, create_token, revoke_session
+from hwnas.exceptions import AuthError, HwnasError, NotFoundError
 from hwnas.jobs import ACTIVE, JOB_STATUSES, candidates, count_candidates, count_jobs, front, list_jobs
 from hwnas.latency import DeviceRegistry
 
@@ -117,9 +118,19 @@ def login_form(request: Request) -> Response:
     return _page(request, "login.html", None, title="Log in", error=None)
 
 
+def _same_origin(request: Request) -> bool:
+    """Whether a form was posted from this site: browsers say so in Sec-Fetch-Site, older ones in Origin."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return False
+    origin = request.headers.get("origin")
+    return origin is None or urlsplit(origin).netloc == request.headers.get("host")
+
+
 @router.post("/ui/login")
 def login(request: Request, token: Annotated[str, Form(max_length=512)] = "") -> Response:
-    if request.headers.get("sec-fetch-site") == "cross-site":  # login CSRF: only our own form logs in
+    """The user's API token opens a dashboard session: a token of its own (session, `session_ttl_h`) in the
+    cookie, which logging out revokes; the API token itself never sits in the browser."""
+    if not _same_origin(request):  # login CSRF: only our own form logs in
         return _page(request, "login.html", None, status_code=403, title="Log in",
                      error="Log in from this site's own form.")
     token = token.strip()
@@ -129,22 +140,31 @@ def login(request: Request, token: Annotated[str, Form(max_length=512)] = "") ->
     except ThrottledError as e:
         return _page(request, "login.html", None, status_code=429, title="Log in", error=f"{str(e).capitalize()}.")
     try:
-        authenticate(_db(request), token) if token else None
+        user = authenticate(_db(request), token) if token else None
     except AuthError:
-        token = ""
-    if not token:
+        user = None
+    if user is None:
         throttle.failed(client)
-    if not token:
         return _page(request, "login.html", None, status_code=401, title="Log in",
-                     error="Invalid or revoked token.")
+                     error="Invalid, revoked or expired token.")
+    settings = request.app.state.settings
+    session = create_token(_db(request), user, label="dashboard session", session=True,
+                           ttl=dt.timedelta(hours=settings.session_ttl_h))
     out = RedirectResponse("/ui/jobs", status_code=303)
-    out.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/ui",
-                   secure=request.url.scheme == "https")
+    out.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/ui", secure=request.url.scheme == "https",
+                   max_age=int(settings.session_ttl_h * 3600))
     return out
 
 
-@router.get("/ui/logout")
-def logout() -> Response:
+@router.post("/ui/logout")
+def logout(request: Request) -> Response:
+    """Ends the session: its token is revoked, not only forgotten by the browser (a POST from this site)."""
+    if not _same_origin(request):
+        return _page(request, "login.html", None, status_code=403, title="Log in",
+                     error="Log out from this site's own page.")
+    token = request.cookies.get(COOKIE)
+    if token and len(token) <= 512:
+        revoke_session(_db(request), token)
     out = RedirectResponse("/ui/login", status_code=303)
     out.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
     return out
@@ -253,9 +273,10 @@ PREDICTOR_METRICS = (("n", "held-out n", "num0"), ("mape", "MAPE", "pct"), ("wit
 @router.get("/ui/devices")
 def devices_page(request: Request, user: UIUser, db: DB) -> Response:
     devices: list[dict[str, Any]] = []
-    for d in DeviceRegistry(db).list():
+    viewer = svc.Viewer.of(db, user)
+    for d in DeviceRegistry(db).list(visible_to=viewer.sees):
         try:
-            devices.append({"name": d.name, "profile": svc.device_profile(db, d.name), "error": None})
+            devices.append({"name": d.name, "profile": svc.device_profile(db, d.name, viewer), "error": None})
         except HwnasError as e:  # one broken device does not take the page down
             devices.append({"name": d.name, "profile": None, "error": str(e).splitlines()[0] if str(e) else
                             type(e).__name__})

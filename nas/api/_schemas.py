@@ -166,8 +166,9 @@ class DeviceOut(BaseModel):
     target: dict[str, Any]
     runtime: str
     location: str
-    tracker: str | None
-    rpc_key: str | None
+    owner: str | None = Field(description="The user whose private device it is; null: shared")
+    tracker: str | None = Field(description="Shown to operators and to a private device's owner")
+    rpc_key: str | None = Field(description="Shown to operators and to a private device's owner")
 
 
 class MeasurementSummary(BaseModel):

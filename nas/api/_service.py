@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import threading
 from pathlib import Path
@@ -21,7 +22,7 @@ from hwnas.api._schemas import (
     RevisionOut,
     public_message,
 )
-from hwnas.db import Database, Device, Export, Measurement, SearchJob
+from hwnas.db import Database, Device, Export, Measurement, SearchJob, user_role
 from hwnas.exceptions import HwnasError, NotFoundError, SearchError, SearchSpaceError
 from hwnas.jobs import (
     ACTIVE,
@@ -38,6 +39,7 @@ from hwnas.jobs import (
     predict_latency,
     tuning_to_use,
 )
+from hwnas.kernels import check_target
 from hwnas.latency import DeviceProfile, DeviceRegistry, list_predictors
 from hwnas.search import planned_evaluations, strategy_options
 from hwnas.search_spaces import SubnetConfig, get_space, list_spaces
@@ -60,11 +62,15 @@ def _server_supernet(db: Database, space: str) -> SupernetInfo:
                           f"hwnas supernet train --space {space})") from e
 
 
-def spec_of(db: Database, body: JobCreate) -> SearchSpec:
+def spec_of(db: Database, body: JobCreate, viewer: Viewer) -> SearchSpec:
     """The library's search spec for a request: the space's newest registered supernet and the device's tuning
-    database."""
+    database. Every device named must be one the viewer sees."""
     if body.space not in list_spaces():  # users name shipped spaces only, never files on the server
         raise SearchSpaceError(f"unknown space '{body.space}' (known: {', '.join(list_spaces())})")
+    registry = DeviceRegistry(db)
+    device = registry.get(body.device, visible_to=viewer.sees)
+    for c in body.also:
+        registry.get(c.device, visible_to=viewer.sees)
     net = _server_supernet(db, body.space)
     return SearchSpec(space=body.space, device=body.device, latency_ms=body.latency_ms, strategy=body.strategy,
                       seed=body.seed, supernet=net.path, supernet_id=net.id,
@@ -73,18 +79,46 @@ def spec_of(db: Database, body: JobCreate) -> SearchSpec:
                       fitness=FitnessConfig(metric=body.fitness, valid_sentences=body.valid_sentences),
                       extra_constraints=tuple((c.device, c.latency_ms) for c in body.also), workers=body.workers,
                       verify=body.verify, verified_members=body.verified_members,
-                      tuning_dir=tuning_to_use(DeviceRegistry(db).get(body.device), body.space))
+                      tuning_dir=tuning_to_use(device, body.space))
 
 
 class QuotaError(HwnasError):
     """A user holds as many of something as the service allows (HTTP 429); the message names the setting."""
 
 
+class ForbiddenError(HwnasError):
+    """A user may see it but not change it: a shared device is the operators' (HTTP 403)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Viewer:
+    """Who asks: operators see and change every device; users see the shared ones and their own."""
+
+    name: str
+    role: str
+
+    @classmethod
+    def of(cls, db: Database, user: str) -> Viewer:
+        return cls(user, user_role(db, user))
+
+    @property
+    def operator(self) -> bool:
+        return self.role == "operator"
+
+    @property
+    def sees(self) -> str | None:  # DeviceRegistry's visible_to
+        return None if self.operator else self.name
+
+    def sees_access(self, d: DeviceProfile) -> bool:
+        """Whether the device's tracker address and key are shown: to operators, and to a private device's owner."""
+        return self.operator or d.owner == self.name
+
+
 def create_owned_job(db: Database, user: str, body: JobCreate, settings: Settings) -> int:
     """Validate and store `body` as `user`'s queued job, within the user's quotas. A device named in the body
     that does not exist is the body's fault (422), not a missing resource (404)."""
     try:
-        spec = spec_of(db, body)
+        spec = spec_of(db, body, Viewer.of(db, user))
         _check_job_quotas(db, user, spec, settings)
         return create_job(db, spec, owner=user)
     except NotFoundError as e:
@@ -135,16 +169,17 @@ def job_exports(db: Database, job_id: int) -> list[ExportOut]:
         return [export_out(r) for r in s.scalars(select(Export).where(Export.job_id == job_id).order_by(Export.id))]
 
 
-def device_out(d: DeviceProfile) -> DeviceOut:
-    return DeviceOut(name=d.name, kind=d.kind, target=d.target, runtime=d.runtime,
-                     location=d.location, tracker=d.tracker, rpc_key=d.rpc_key)
+def device_out(d: DeviceProfile, viewer: Viewer) -> DeviceOut:
+    shown = viewer.sees_access(d)
+    return DeviceOut(name=d.name, kind=d.kind, target=d.target, runtime=d.runtime, location=d.location,
+                     owner=d.owner, tracker=d.tracker if shown else None, rpc_key=d.rpc_key if shown else None)
 
 
-def device_profile(db: Database, name: str) -> DeviceProfileOut:
+def device_profile(db: Database, name: str, viewer: Viewer) -> DeviceProfileOut:
     """A device with its revisions, its measurement count and noise, and its predictors with their provenance and
     held-out accuracy."""
     registry = DeviceRegistry(db)
-    dev = registry.get(name)
+    dev = registry.get(name, visible_to=viewer.sees)
     with db.session() as s:
         cvs = np.array([cv for cv in s.scalars(select(Measurement.latency_cv).join(Device).where(
             Device.name == name, Measurement.status == "ok")) if cv is not None], dtype=float)
@@ -155,13 +190,14 @@ def device_profile(db: Database, name: str) -> DeviceProfileOut:
     summary = MeasurementSummary(ok=_count(db, name, "ok"), errors=_count(db, name, "error"),
                                  cv_median=float(np.median(cvs)) if cvs.size else None,
                                  cv_p90=float(np.percentile(cvs, 90)) if cvs.size else None)
-    return DeviceProfileOut(**device_out(dev).model_dump(), fingerprint=dev.fingerprint,
+    return DeviceProfileOut(**device_out(dev, viewer).model_dump(), fingerprint=dev.fingerprint,
                             protocol=dev.protocol.to_dict(), revisions=revisions, measurements=summary,
                             predictors=preds)
 
 
-def predict(db: Database, name: str, body: PredictIn) -> PredictionOut:
+def predict(db: Database, name: str, body: PredictIn, viewer: Viewer) -> PredictionOut:
     """A subnet's predicted latency on the device, for the model the server searches (its supernet of the space)."""
+    device = DeviceRegistry(db).get(name, visible_to=viewer.sees)  # first: another's device is a 404, whatever else
     if body.space not in list_spaces():  # users name shipped spaces only, never files on the server
         raise SearchSpaceError(f"unknown space '{body.space}' (known: {', '.join(list_spaces())})")
     space = get_space(body.space)
@@ -169,7 +205,7 @@ def predict(db: Database, name: str, body: PredictIn) -> PredictionOut:
         subnet = SubnetConfig.from_dict(body.subnet)
     except (TypeError, ValueError, KeyError) as e:
         raise SearchSpaceError(f"subnet: not a subnet config of space '{space.name}' ({e})") from None
-    p = predict_latency(db, device=DeviceRegistry(db).get(name), space=space,
+    p = predict_latency(db, device=device, space=space,
                         model_config=_server_supernet(db, body.space).model_config(), subnet=subnet,
                         kind=body.kind, version=body.version, revision=body.revision)
     return PredictionOut(**p.to_dict())
@@ -191,3 +227,25 @@ def pareto_png(db: Database, job: JobInfo) -> bytes:
         path = plot_front(Path(tmp) / "front.png", title=f"job {job.id}: {job.spec.space} on {job.spec.device}",
                           rows=rows, members=members, budget_ms=job.spec.latency_ms)
         return Path(path).read_bytes()
+
+
+def add_device(db: Database, viewer: Viewer, profile: DeviceProfile, settings: Settings) -> DeviceProfile:
+    """Register a device for `viewer`: an operator's is shared (compiler options allowed in its target); a
+    user's is private, named after them, within their quota. The target is checked in a subprocess first."""
+    registry = DeviceRegistry(db)
+    if not viewer.operator:
+        profile = dataclasses.replace(profile, owner=viewer.name)  # its name is checked against the owner here
+        owned = registry.owned(viewer.name)
+        if owned >= settings.quota_devices:
+            raise QuotaError(f"you have {owned} private devices: the quota is {settings.quota_devices} "
+                             f"(HWNAS_QUOTA_DEVICES); remove one first")
+    check_target(profile.target, compiler_options=viewer.operator)  # a target can crash TVM: not in this process
+    return registry.add(profile)
+
+
+def remove_device(db: Database, viewer: Viewer, name: str) -> None:
+    registry = DeviceRegistry(db)
+    dev = registry.get(name, visible_to=viewer.sees)
+    if not viewer.operator and dev.owner != viewer.name:
+        raise ForbiddenError(f"device '{name}' is shared: only operators remove it")
+    registry.remove(name, visible_to=viewer.sees)

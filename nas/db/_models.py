@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -73,6 +74,9 @@ class Device(Base):
     fingerprint: Mapped[dict[str, Any]] = mapped_column(JSON)  # the newest probed (see device_revisions)
     protocol: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # None: shared, registered by an operator; else a user's private device, seen and used by that user only
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    owner: Mapped[User | None] = relationship(lazy="joined")
 
     measurements: Mapped[list[Measurement]] = relationship(back_populates="device", cascade="all, delete-orphan",
                                                            passive_deletes=True)
@@ -271,6 +275,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    role: Mapped[str] = mapped_column(String(16), default="user", server_default="user")  # "operator" or "user"
 
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan",
                                                   passive_deletes=True)
@@ -288,5 +293,7 @@ class ApiToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # None: never (tokens made before 0006)
+    session: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # the dashboard's own
 
     user: Mapped[User] = relationship(back_populates="tokens")

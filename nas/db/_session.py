@@ -97,11 +97,24 @@ def upgrade(url: str | Engine) -> None:
     shown = masked(url) if isinstance(url, str) else masked(engine.url)
     try:
         cfg = alembic_config()
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":  # workers starting together: one migrates, the rest wait
-                conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:  # batch migrations copy a table and drop the old one: with foreign keys on, the drop would
+                # cascade to every row that refers to it (a no-op inside a transaction: set before it begins)
+                conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                conn.commit()
+            try:
+                with conn.begin():
+                    if conn.dialect.name == "postgresql":  # workers starting together: one migrates, the rest wait
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+                    if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                        raise StorageError(f"database {shown}: a migration left rows that refer to missing ones")
+            finally:
+                if sqlite:
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    conn.commit()
     except CommandError as e:  # e.g. a revision this hwnas does not know: a newer hwnas migrated it
         raise StorageError(f"database {shown} cannot be migrated: {_first_line(e)} "
                            f"(was it written by a newer hwnas?)") from e

@@ -101,16 +101,32 @@ def client(db: Database, home: Path, launcher: RecordingLauncher) -> Iterator[Te
 
 
 @pytest.fixture()
-def auth(db: Database) -> Callable[[str], dict[str, str]]:
-    """Headers with a fresh token of user `name` (created on first use)."""
+def strict(db: Database, home: Path, launcher: RecordingLauncher) -> Iterator[TestClient]:
+    """The service under small quotas."""
+    settings = Settings(db_url=db.url, reconcile_every_s=3600, token_cache_s=0, quota_active_jobs=2,
+                        quota_evaluations=100, quota_workers=2, quota_exports_per_job=1, auth_failures_per_minute=3,
+                        quota_devices=1)
+    with TestClient(create_app(settings=settings, launcher=launcher)) as c:
+        yield c
+
+
+@pytest.fixture()
+def auth(db: Database) -> Callable[..., dict[str, str]]:
+    """Headers with a fresh token of user `name` (created on first use, as `role`)."""
     made: set[str] = set()
 
-    def headers(name: str = "alice") -> dict[str, str]:
+    def headers(name: str = "alice", role: str = "user") -> dict[str, str]:
         if name not in made:
-            create_user(db, name)
+            create_user(db, name, role=role)
             made.add(name)
         return {"Authorization": f"Bearer {create_token(db, name)}"}
     return headers
+
+
+@pytest.fixture()
+def operator(auth: Callable[..., dict[str, str]]) -> dict[str, str]:
+    """Headers of an operator, 'root': registers the shared devices."""
+    return auth("root", role="operator")
 
 
 @contextlib.contextmanager

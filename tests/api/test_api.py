@@ -203,8 +203,8 @@ def test_a_failed_export_says_why(client: TestClient, db: Database, home: Path, 
     assert r.status_code == 409 and "failed" in r.json()["detail"]
 
 
-def test_devices_list_add_and_profile(client: TestClient, auth: Auth, budget_ms: float) -> None:
-    headers = auth()
+def test_devices_list_add_and_profile(client: TestClient, operator: dict[str, str], budget_ms: float) -> None:
+    headers = operator  # shared devices are the operators'
     names = [d["name"] for d in client.get("/devices", headers=headers).json()]
     assert {"local-cpu", DEVICE} <= set(names)
     pi = {"name": "rpi4", "kind": "iot", "target": {"kind": "llvm", "mtriple": "aarch64-linux-gnu"},

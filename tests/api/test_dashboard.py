@@ -161,8 +161,10 @@ def test_login_cookie_and_api_boundary(site: Site) -> None:
         r = c.get("/ui/jobs")
         assert r.status_code == 303 and r.headers["location"] == "/ui/login"
         r = c.post("/ui/login", data={"token": "hwnas_wrong"})
-        assert r.status_code == 401 and "Invalid or revoked token" in r.text
+        assert r.status_code == 401 and "Invalid, revoked or expired token" in r.text
         r = c.post("/ui/login", data={"token": site.token}, headers={"Sec-Fetch-Site": "cross-site"})
+        assert r.status_code == 403 and "hwnas_token" not in r.headers.get("set-cookie", "")
+        r = c.post("/ui/login", data={"token": site.token}, headers={"Origin": "https://evil.example"})
         assert r.status_code == 403 and "hwnas_token" not in r.headers.get("set-cookie", "")
 
         r = c.post("/ui/login", data={"token": site.token})
@@ -170,6 +172,8 @@ def test_login_cookie_and_api_boundary(site: Site) -> None:
         cookie = r.headers["set-cookie"].lower()
         assert cookie.startswith("hwnas_token=") and "httponly" in cookie and "samesite=strict" in cookie
         assert "path=/ui" in cookie
+        session = c.cookies["hwnas_token"]
+        assert session != site.token  # a session token of its own: the API token never sits in the browser
         assert c.get("/ui/jobs").status_code == 200
         r = c.get("/ui/jobs", params={"status": "bogus", "page": "x"})  # lenient: all statuses, first page
         assert r.status_code == 200 and f'data-job-id="{site.running}"' in r.text
@@ -188,8 +192,15 @@ def test_login_cookie_and_api_boundary(site: Site) -> None:
         assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
         assert zipfile.ZipFile(io.BytesIO(r.content)).namelist() == ["manifest.json"]
         assert c.get("/ui/exports/2").status_code == 404
-        r = c.get("/ui/logout")
+        assert c.get("/ui/logout").status_code == 405  # a link cannot log anyone out
+        r = c.post("/ui/logout", headers={"Sec-Fetch-Site": "cross-site"})
+        assert r.status_code == 403 and c.get("/ui/jobs").status_code == 200
+        r = c.post("/ui/logout")
         assert r.status_code == 303 and 'hwnas_token=""' in r.headers["set-cookie"]
+        # the session is revoked, not only forgotten by the browser; the API token goes on working
+        r = c.get("/ui/jobs", cookies={"hwnas_token": session})
+        assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+        assert c.get("/jobs", headers={"Authorization": f"Bearer {site.token}"}).status_code == 200
 
 
 # ------------------------------------------------------------------------------------------- in Chromium
@@ -329,5 +340,5 @@ def test_logged_out_visit_goes_to_login(site: Site, ui: Any) -> None:
     css(ui, "#token")[0].send_keys("hwnas_not-a-token")
     css(ui, "#login-form button")[0].click()
     _wait(lambda: bool(css(ui, "#login-error")))
-    assert "Invalid or revoked token" in css(ui, "#login-error")[0].text
+    assert "Invalid, revoked or expired token" in css(ui, "#login-error")[0].text
     shoot(ui, "login")

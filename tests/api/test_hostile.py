@@ -20,8 +20,8 @@ JSON = {"Content-Type": "application/json"}
 
 
 def device_body(**changes: object) -> dict[str, object]:
-    return {"name": "board", "kind": "cpu", "target": {"kind": "llvm", "mtriple": "aarch64-linux-gnu"},
-            **changes}
+    return {"name": "alice.board", "kind": "cpu", "target": {"kind": "llvm", "mtriple": "aarch64-linux-gnu"},
+            **changes}  # alice's private device
 
 
 def assert_refused(r: object, code: int = 422) -> str:
@@ -57,7 +57,7 @@ def test_targets_that_crash_or_smuggle_options_are_refused(client: TestClient, a
     r = client.post("/devices", json=device_body(target=target), headers=auth())
     assert needle in assert_refused(r)
     assert_alive(client)
-    assert "board" not in {d["name"] for d in client.get("/devices", headers=auth()).json()}
+    assert "alice.board" not in {d["name"] for d in client.get("/devices", headers=auth()).json()}
 
 
 def test_a_target_tvm_builds_for_is_registered(client: TestClient, auth: Auth) -> None:
@@ -87,7 +87,7 @@ def test_non_finite_numbers_in_a_job_are_422(client: TestClient, auth: Auth, num
 @pytest.mark.parametrize("number", NON_FINITE)
 def test_non_finite_numbers_elsewhere_are_422(client: TestClient, auth: Auth, number: bytes) -> None:
     headers = {**auth(), **JSON}
-    body = b'{"name": "b", "kind": "cpu", "target": {"kind": "llvm", "num-cores": %s}}' % number
+    body = b'{"name": "alice.b", "kind": "cpu", "target": {"kind": "llvm", "num-cores": %s}}' % number
     assert_refused(client.post("/devices", content=body, headers=headers))
     assert_refused(client.post("/jobs/1/exports", content=b'{"candidate_id": %s, "format": "onnx"}' % number,
                                headers=headers))
@@ -105,7 +105,7 @@ def test_validation_errors_do_not_echo_the_input(client: TestClient, auth: Auth)
 
 # ------------------------------------------------------------------------------------------- bytes the database refuses
 
-@pytest.mark.parametrize("change", [{"name": "a\u0000b"}, {"key": "rpi\u00004", "tracker": "h:9190"},
+@pytest.mark.parametrize("change", [{"name": "alice.a\u0000b"}, {"key": "rpi\u00004", "tracker": "h:9190"},
                                     {"key": "\u0000"}, {"key": "é" * 10}])
 def test_nul_bytes_and_odd_keys_are_422(client: TestClient, auth: Auth, change: dict) -> None:
     r = client.post("/devices", json=device_body(**change), headers=auth())
@@ -174,18 +174,6 @@ def test_dashboard_ids_that_are_no_ids_are_404(logged_in: TestClient, raw: str) 
 
 
 # ------------------------------------------------------------------------------------------- quotas and throttling
-
-@pytest.fixture()
-def strict(db: Database, home: object, launcher: object) -> Iterator[TestClient]:
-    """The service under small quotas."""
-    from hwnas.api import create_app
-    from hwnas.settings import Settings
-
-    settings = Settings(db_url=db.url, reconcile_every_s=3600, token_cache_s=0, quota_active_jobs=2,
-                        quota_evaluations=100, quota_workers=2, quota_exports_per_job=1, auth_failures_per_minute=3)
-    with TestClient(create_app(settings=settings, launcher=launcher)) as c:  # type: ignore[arg-type]
-        yield c
-
 
 def test_job_quotas_name_their_setting(strict: TestClient, auth: Auth, budget_ms: float) -> None:
     alice, bob = auth("alice"), auth("bob")

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from hwnas.api._schemas import JobCreate
 from hwnas.api._service import create_owned_job
-from hwnas.db import Candidate, Database, Export, SearchJob
+from hwnas.db import Candidate, Database, Export, SearchJob, create_user, list_users
 from hwnas.jobs import (
     FitnessConfig,
     JobBusyError,
@@ -27,13 +27,17 @@ from hwnas.jobs import (
     run_job,
     runner_id,
 )
+from hwnas.settings import Settings
 from tests.api.conftest import DEVICE, RecordingLauncher, service_checkpoint
 
 
 def make_job(db: Database, budget_ms: float, owner: str | None = "alice") -> int:
     body = JobCreate(space="quickstart", device=DEVICE, latency_ms=budget_ms, population=8, generations=2,
                      valid_sentences=8, verify=False)
-    job_id = create_owned_job(db, owner or "nobody", body)
+    user = owner or "nobody"
+    if user not in {u.name for u in list_users(db)}:
+        create_user(db, user)
+    job_id = create_owned_job(db, user, body, Settings(quota_active_jobs=100))
     if owner is None:
         with db.session() as s:
             s.get_one(SearchJob, job_id).owner = None
