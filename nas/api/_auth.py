@@ -29,6 +29,9 @@ class TokenCache:
         hit = self._entries.get(hash_token(token))
         return hit[0] if hit is not None and hit[1] > time.monotonic() else None
 
+    def forget(self, token: str) -> None:
+        self._entries.pop(hash_token(token), None)
+
     def put(self, token: str, user: str) -> None:
         if len(self._entries) >= self.max_entries:  # bounded: forget everything rather than grow
             self._entries.clear()

@@ -165,6 +165,7 @@ def logout(request: Request) -> Response:
     token = request.cookies.get(COOKIE)
     if token and len(token) <= 512:
         revoke_session(_db(request), token)
+        request.app.state.tokens.forget(token)  # this process at once; others within token_cache_s
     out = RedirectResponse("/ui/login", status_code=303)
     out.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict")
     return out

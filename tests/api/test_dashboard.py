@@ -198,7 +198,8 @@ def test_login_cookie_and_api_boundary(site: Site) -> None:
         r = c.post("/ui/logout")
         assert r.status_code == 303 and 'hwnas_token=""' in r.headers["set-cookie"]
         # the session is revoked, not only forgotten by the browser; the API token goes on working
-        r = c.get("/ui/jobs", cookies={"hwnas_token": session})
+        c.cookies.set("hwnas_token", session)
+        r = c.get("/ui/jobs")
         assert r.status_code == 303 and r.headers["location"] == "/ui/login"
         assert c.get("/jobs", headers={"Authorization": f"Bearer {site.token}"}).status_code == 200
 
