@@ -453,6 +453,7 @@ def test_cluster_up_fails_clearly_on_a_taken_port(tmp_path: Path) -> None:
     assert run_script("down", env, timeout_s=60).returncode == 0
 
 
+@pytest.mark.slow  # 40 s; the lifecycle test runs API jobs on Ray
 def test_a_job_submitted_to_the_api_runs_on_the_script_cluster(tmp_path: Path, service_home: Path,
                                                                fresh_pg_url: str) -> None:
     """The integration: the API takes a job, a worker node of the script's Ray cluster runs and verifies it."""

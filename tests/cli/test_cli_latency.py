@@ -9,20 +9,13 @@ from pathlib import Path
 import pytest
 
 from hwnas.search_spaces import get_space
+from tests.cli.conftest import Workspace
 from tests.cli.test_cli import assert_clean_error, hwnas
-from tests.conftest import TINY_SPACE_DICT
 
 
 @pytest.fixture()
 def home(tmp_path: Path) -> Path:
     return tmp_path / "home"
-
-
-@pytest.fixture()
-def space_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.json"
-    path.write_text(json.dumps({**TINY_SPACE_DICT, "source_length_tokens": 6}))
-    return path
 
 
 def test_device_lifecycle(home: Path) -> None:
@@ -56,36 +49,34 @@ def test_bad_device_definitions(home: Path, args: list[str], fragment: str) -> N
     assert_clean_error(hwnas("devices", "add", "board", *args, home=home), fragment)
 
 
-def test_collect_resumes_and_train_reports(home: Path, space_file: Path) -> None:
+def test_collect_resumes_and_train_reports(torch_workspace: Workspace, tmp_path: Path) -> None:
     """The whole loop on the PyTorch-eager device (no compile step, so it fits in a test)."""
+    ws = torch_workspace.copy(tmp_path)
+    home, space_file = ws.home, ws.space
     common = ["--device", "local-cpu-torch", "--space", str(space_file)]
-    r = hwnas("latency", "collect", *common, "-n", "14", "--vocab-size", "97", home=home)
-    assert r.returncode == 0, r.stderr
-    assert "14 measured, 0 failed, 0 already" in r.stdout
-    again = hwnas("latency", "collect", *common, "-n", "14", "--vocab-size", "97", home=home)
+    assert "14 measured, 0 failed, 0 already" in ws.collected
+    again = hwnas("latency", "collect", *common, "-n", "14", "--vocab-size", "300", home=home)
     assert "0 measured, 0 failed, 14 already in the database" in again.stdout
-    trained = hwnas("latency", "train", *common, "--kinds", "layerwise", "--vocab-size", "97", home=home)
-    assert trained.returncode == 0, trained.stderr
-    assert "layerwise" in trained.stdout and "11/3" in trained.stdout and "revision 1" in trained.stdout
+    assert "layerwise" in ws.trained and "11/3" in ws.trained and "revision 1" in ws.trained
     shown = json.loads(hwnas("devices", "show", "local-cpu-torch", home=home).stdout)
     assert shown["measurements"]["ok"]["count"] == 14 and shown["predictors"][0]["version"] == 1
     assert shown["current_revision"] == 1 and shown["predictors"][0]["revision"] == 1
     (rev,) = shown["revisions"]
     assert (rev["measurements"], rev["predictors"], rev["current"]) == (14, 1, True)
     assert rev["fingerprint"]["cores"] == shown["fingerprint"]["cores"]
-    predicted = hwnas("latency", "predict", *common, "--subnet", "largest", "--vocab-size", "97", home=home)
+    predicted = hwnas("latency", "predict", *common, "--subnet", "largest", "--vocab-size", "300", home=home)
     assert predicted.returncode == 0, predicted.stderr
     assert re.search(r"[\d.]+ ms \+- [\d.]+ ms \(held-out MAPE [\d.]+%.* on local-cpu-torch rev 1, space "
                      r"tiny-test-space: layerwise predictor v1", predicted.stdout.replace("\n", " ")), predicted.stdout
     # bad input: one line each, naming what is there
-    outside = space_file.parent / "outside.json"
+    outside = tmp_path / "outside.json"
     outside.write_text(json.dumps({**get_space("quickstart").largest().to_dict()}))
     for args, fragment in (
             (["--revision", "7"], "device 'local-cpu-torch' has no revision 7 (revisions: 1:"),
             (["--vocab-size", "4000"], "no latency predictor for local-cpu-torch rev 1 on space 'tiny-test-space' "
                                        "(vocab=4000,qkv=16"),
             (["--subnet", str(outside)], f"subnet file '{outside}': ")):
-        base = {"--subnet": "largest", "--vocab-size": "97", **dict(zip(args[::2], args[1::2], strict=True))}
+        base = {"--subnet": "largest", "--vocab-size": "300", **dict(zip(args[::2], args[1::2], strict=True))}
         r = hwnas("latency", "predict", *common, *[x for kv in base.items() for x in kv], home=home)
         assert_clean_error(r, fragment)
     assert_clean_error(hwnas("latency", "predict", "--device", "local-cpu-torch", "--space", "quickstart", home=home),

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli.conftest import Workspace
 from tests.cli.test_cli import assert_clean_error, hwnas
-from tests.conftest import TINY_SPACE_DICT
 
 DEVICE = ["--device", "local-cpu-torch"]
 
@@ -31,21 +31,11 @@ def _predicted_ms(home: Path, space: Path, subnet: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory, bible_dir: Path) -> tuple[Path, Path, Path, float]:
+def setup(torch_workspace: Workspace, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, float]:
     """(home, space file, checkpoint, budget): a tiny supernet, 14 measured subnets and a trained predictor."""
-    root = tmp_path_factory.mktemp("cli-search")
-    home, space = root / "home", root / "tiny.json"
-    space.write_text(json.dumps(TINY_SPACE_DICT))
-    r = hwnas("supernet", "train", "--space", str(space), "--data", f"files:{bible_dir}:de-en", "--out",
-              str(root / "run"), "--steps", "4", "--max-tokens", "300", "--vocab-size", "300", "--threads", "1")
-    assert r.returncode == 0, r.stderr
-    common = [*DEVICE, "--space", str(space)]
-    r = hwnas("latency", "collect", *common, "-n", "14", "--vocab-size", "300", home=home)
-    assert r.returncode == 0, r.stderr
-    r = hwnas("latency", "train", *common, "--kinds", "layerwise", "--vocab-size", "300", home=home)
-    assert r.returncode == 0, r.stderr
-    fast, slow = (_predicted_ms(home, space, which) for which in ("smallest", "largest"))
-    return home, space, root / "run" / "checkpoint.pt", float((fast + slow) / 2)
+    ws = torch_workspace.copy(tmp_path_factory.mktemp("cli-search"))
+    fast, slow = (_predicted_ms(ws.home, ws.space, which) for which in ("smallest", "largest"))
+    return ws.home, ws.space, ws.checkpoint, float((fast + slow) / 2)
 
 
 def test_search_run_show_and_list(setup: tuple[Path, Path, Path, float]) -> None:
@@ -83,6 +73,7 @@ def _job_result(home: Path, job: int) -> tuple[str, dict[str, float | None]]:
     return get_job(db, job).status, {c.subnet.key(): c.loss for c in candidates(db, job)}
 
 
+@pytest.mark.slow  # 45 s; the API lifecycle test resumes a killed runner
 def test_killed_search_resumes_to_the_same_result(setup: tuple[Path, Path, Path, float]) -> None:
     """SIGKILL (the process group: the driver and its local Ray) mid-way through generation 2, then resume."""
     home, space, ckpt, budget = setup

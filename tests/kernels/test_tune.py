@@ -13,6 +13,7 @@ from hwnas.supernet import ModelConfig
 pytest.importorskip("tvm")
 
 
+@pytest.mark.slow  # 96 s of TVM task extraction; tuning itself runs in the quickstart test
 def test_a_resumed_run_tunes_the_tasks_the_last_one_did_not_reach(tmp_path: Path, tiny_space: SearchSpace,
                                                                   tiny_mc: ModelConfig) -> None:
     # One round of the scheduler's warm-up (8 trials) per run: it reaches exactly one task. A new run used to

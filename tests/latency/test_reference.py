@@ -62,6 +62,7 @@ def test_without_a_reference_samples_are_as_measured(tiny_space: SearchSpace) ->
     assert baseline is None and usable == [(r, r.sample()) for r in recs]
 
 
+@pytest.mark.slow  # 40 s; the quickstart test measures under the reference protocol
 def test_measure_times_the_reference_with_every_batch(tmp_path: Path, tiny_space: SearchSpace,
                                                       tiny_mc: ModelConfig) -> None:
     """The reference is timed with every batch, and built once: kept in the caller's dict within a collection,

@@ -36,7 +36,7 @@ from hwnas.latency import DeviceProfile, MeasureConfig, loopback_rpc, measure, p
 from hwnas.search_spaces import SearchSpace
 from hwnas.supernet import ModelConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.board]
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 ROOT = Path(os.environ.get("HWNAS_AARCH64_ROOT", "/var/cache/hwnas/aarch64-root"))
