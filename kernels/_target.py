@@ -50,7 +50,22 @@ def check_target(target: Any, *, compiler_options: bool = False,
     so a target that crashes or hangs TVM is refused here, in this process's stead.
     """
     _check_attributes(target, compiler_options=compiler_options)
-    shown = json.dumps(target)
+    shown = json.dumps(target, sort_keys=True)
+    if shown not in _CHECKED:  # one TVM, one answer: a target checked once in this process is not checked again
+        if len(_CHECKED) >= 256:
+            _CHECKED.clear()
+        _CHECKED[shown] = _probe_in_subprocess(shown, timeout_s)  # a timeout raised: not kept, may be the load
+    error = _CHECKED[shown]
+    if error is not None:
+        raise MeasurementError(error)
+    return dict(target)
+
+
+_CHECKED: dict[str, str | None] = {}  # target JSON -> its refusal line, or None when TVM builds for it
+
+
+def _probe_in_subprocess(shown: str, timeout_s: float) -> str | None:
+    """The refusal line for a target, or None when TVM builds for it."""
     try:
         proc = subprocess.run([sys.executable, "-m", "hwnas.kernels._target"], input=shown, capture_output=True,
                               text=True, timeout=timeout_s)
@@ -58,14 +73,12 @@ def check_target(target: Any, *, compiler_options: bool = False,
         raise MeasurementError(f"bad TVM target {shown}: TVM did not build for it within {timeout_s:.0f} s") from None
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
-        raise MeasurementError(f"bad TVM target {shown}: TVM crashed on it ({name}); LLVM does not know this triple "
-                               f"or CPU")
+        return f"bad TVM target {shown}: TVM crashed on it ({name}); LLVM does not know this triple or CPU"
     if proc.returncode != 0:
         lines = [ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if ln.strip()]
         reason = next((ln for ln in lines if ln.startswith("bad TVM target")), None)
-        raise MeasurementError(reason or f"bad TVM target {shown}: the check failed "
-                                         f"({lines[-1] if lines else f'exit {proc.returncode}'})")
-    return dict(target)
+        return reason or f"bad TVM target {shown}: the check failed ({lines[-1] if lines else proc.returncode})"
+    return None
 
 
 def _check_attributes(target: Any, *, compiler_options: bool) -> None:

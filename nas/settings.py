@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     token_ttl_days: float = Field(90.0, gt=0)  # lifetime of a token `hwnas tokens create` makes
     session_ttl_h: float = Field(12.0, gt=0)  # lifetime of a dashboard login's session token
     quota_devices: int = Field(5, ge=0)  # private devices per user (429 beyond)
+    # hosts users' private devices may name as trackers (the cluster connects there); None: any, [] none
+    user_tracker_hosts: list[str] | None = None
 
     # -- the workspace ---------------------------------------------------------------------------------------
     def database_url(self) -> str:

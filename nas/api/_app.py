@@ -39,8 +39,10 @@ from hwnas.api._schemas import (
     ParetoMemberOut,
     PredictIn,
     PredictionOut,
+    Revoked,
+    TokenOut,
 )
-from hwnas.db import Candidate, Database, Export
+from hwnas.db import Candidate, Database, Export, list_tokens, revoke_token, revoke_tokens
 from hwnas.exceptions import (
     AuthError,
     DuplicateError,
@@ -358,6 +360,25 @@ def _routes(app: FastAPI) -> None:
             raise DuplicateError(f"export {export_id} failed: {out.error or 'its bundle is gone from the server'}")
         return FileResponse(zip_path, media_type="application/zip",
                             filename=f"hwnas-job{out.job_id}-candidate{out.candidate_id}-{out.format}.zip")
+
+    @app.get("/tokens", response_model=list[TokenOut], tags=["tokens"], responses=_UNAUTH)
+    def tokens(user: User, db: DB) -> list[TokenOut]:
+        """Your tokens, newest first: labels, expiry, last use, whether revoked (never the tokens themselves)."""
+        return [TokenOut.of(t) for t in list_tokens(db, user)]
+
+    @app.delete("/tokens/{token_id}", response_model=TokenOut, tags=["tokens"], responses=_NOT_FOUND)
+    def revoke(token_id: JobId, user: User, db: DB) -> TokenOut:
+        """Revoke one of your tokens (the one you call with too, if you name it)."""
+        out = TokenOut.of(revoke_token(db, token_id, user=user))
+        app.state.tokens.clear()  # this process forgets it at once; others within token_cache_s
+        return out
+
+    @app.delete("/tokens", response_model=Revoked, tags=["tokens"], responses=_UNAUTH)
+    def revoke_all(user: User, db: DB) -> Revoked:
+        """Revoke every token of yours, this one included (a leaked token's holder is locked out)."""
+        n = revoke_tokens(db, user)
+        app.state.tokens.clear()
+        return Revoked(revoked=n)
 
     @app.get("/devices", response_model=list[DeviceOut], tags=["devices"], responses=_UNAUTH)
     def devices(user: User, db: DB) -> list[DeviceOut]:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hwnas.db import TokenInfo
 from hwnas.export import ExportFormat
 from hwnas.jobs import CandidateRow, ExportStatus, FitnessMetric, FrontMember, JobInfo, JobStatus
 from hwnas.latency import DeviceKind, DeviceRuntime
@@ -242,3 +243,25 @@ class Health(BaseModel):
     status: Literal["ok"]
     database: str
     version: str
+
+
+class TokenOut(BaseModel):
+    """A token's record (never the token: only its hash is kept)."""
+
+    id: int
+    label: str | None
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+    session: bool = Field(description="Minted by a dashboard login; revoked by its logout")
+    live: bool
+
+    @classmethod
+    def of(cls, t: TokenInfo) -> TokenOut:
+        return cls(id=t.id, label=t.label, created_at=t.created_at, expires_at=t.expires_at,
+                   last_used_at=t.last_used_at, revoked_at=t.revoked_at, session=t.session, live=t.live())
+
+
+class Revoked(BaseModel):
+    revoked: int

@@ -40,7 +40,7 @@ from hwnas.jobs import (
     tuning_to_use,
 )
 from hwnas.kernels import check_target
-from hwnas.latency import DeviceProfile, DeviceRegistry, list_predictors
+from hwnas.latency import DeviceProfile, DeviceRegistry, list_predictors, parse_tracker
 from hwnas.search import planned_evaluations, strategy_options
 from hwnas.search_spaces import SubnetConfig, get_space, list_spaces
 from hwnas.settings import Settings
@@ -235,6 +235,10 @@ def add_device(db: Database, viewer: Viewer, profile: DeviceProfile, settings: S
     registry = DeviceRegistry(db)
     if not viewer.operator:
         profile = dataclasses.replace(profile, owner=viewer.name)  # its name is checked against the owner here
+        allowed = settings.user_tracker_hosts
+        if profile.tracker is not None and allowed is not None and parse_tracker(profile.tracker)[0] not in allowed:
+            raise ForbiddenError(f"tracker host '{parse_tracker(profile.tracker)[0]}' is not one users may name "
+                                 f"(HWNAS_USER_TRACKER_HOSTS: {', '.join(allowed) or 'none'})")
         owned = registry.owned(viewer.name)
         if owned >= settings.quota_devices:
             raise QuotaError(f"you have {owned} private devices: the quota is {settings.quota_devices} "

@@ -105,7 +105,7 @@ def strict(db: Database, home: Path, launcher: RecordingLauncher) -> Iterator[Te
     """The service under small quotas."""
     settings = Settings(db_url=db.url, reconcile_every_s=3600, token_cache_s=0, quota_active_jobs=2,
                         quota_evaluations=100, quota_workers=2, quota_exports_per_job=1, auth_failures_per_minute=3,
-                        quota_devices=1)
+                        quota_devices=1, user_tracker_hosts=["10.0.0.5"])
     with TestClient(create_app(settings=settings, launcher=launcher)) as c:
         yield c
 

@@ -92,10 +92,30 @@ def test_tokens_expire_and_one_is_revoked_alone(client: TestClient, db: Database
     assert r.status_code == 401 and "token expired at" in r.json()["detail"]
 
 
-def test_the_private_device_quota(strict: TestClient, auth: Auth) -> None:
+def test_the_private_device_quota_and_tracker_hosts(strict: TestClient, auth: Auth, operator: dict[str, str]) -> None:
     alice = auth("alice")
+    r = strict.post("/devices", json={**PI, "name": "alice.in", "tracker": "169.254.169.254:80"}, headers=alice)
+    assert r.status_code == 403 and "HWNAS_USER_TRACKER_HOSTS: 10.0.0.5" in r.json()["detail"]
+    r = strict.post("/devices", json={**PI, "name": "far", "tracker": "192.168.1.9:9190"}, headers=operator)
+    assert r.status_code == 201  # operators name any tracker
     assert strict.post("/devices", json={**PI, "name": "alice.a"}, headers=alice).status_code == 201
     r = strict.post("/devices", json={**PI, "name": "alice.b"}, headers=alice)
     assert r.status_code == 429 and "HWNAS_QUOTA_DEVICES" in r.json()["detail"]
     assert strict.delete("/devices/alice.a", headers=alice).status_code == 204
     assert strict.post("/devices", json={**PI, "name": "alice.b"}, headers=alice).status_code == 201
+
+
+def test_users_list_and_revoke_their_own_tokens(client: TestClient, db: Database, auth: Auth) -> None:
+    alice, bob = auth("alice"), auth("bob")
+    laptop = {"Authorization": f"Bearer {create_token(db, 'alice', label='laptop')}"}
+    mine = client.get("/tokens", headers=alice).json()
+    assert [t["label"] for t in mine] == ["laptop", None] and all(t["live"] and t["expires_at"] for t in mine)
+    bobs = client.get("/tokens", headers=bob).json()
+    assert client.delete(f"/tokens/{bobs[0]['id']}", headers=alice).status_code == 404  # not hers
+    r = client.delete(f"/tokens/{mine[0]['id']}", headers=alice)
+    assert r.status_code == 200 and r.json()["revoked_at"] and not r.json()["live"]
+    assert client.get("/jobs", headers=laptop).status_code == 401
+    assert client.get("/jobs", headers=alice).status_code == 200
+    assert client.delete("/tokens", headers=alice).json() == {"revoked": 1}  # the rest: this one too
+    assert client.get("/jobs", headers=alice).status_code == 401
+    assert client.get("/jobs", headers=bob).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,8 +28,19 @@ def test_users_and_tokens(tmp_path: Path) -> None:
     assert len(tokens) == 2 and all(t.startswith("hwnas_") and len(t) > 40 for t in tokens)
     listed = hwnas("users", "list", home=home)
     assert "alice" in listed.stdout and " 2 " in listed.stdout
+    listed = hwnas("tokens", "list", "alice", home=home).stdout
+    ids = re.findall(r"│ (\d+)\s+│ alice", listed)
+    assert len(ids) == 2 and "laptop" in listed and listed.count(" live ") == 2, listed
+    one = hwnas("tokens", "revoke", "--id", ids[-1], home=home)  # the oldest: the laptop's
+    assert one.returncode == 0 and f"revoked token {ids[-1]} of 'alice'" in one.stdout
+    assert " 1 " in hwnas("users", "list", home=home).stdout
+    assert_clean_error(hwnas("tokens", "revoke", "--id", "999", home=home), "no token 999")
+    assert_clean_error(hwnas("tokens", "revoke", "alice", "--id", ids[0], home=home), "not both")
     revoked = hwnas("tokens", "revoke", "alice", home=home)
-    assert revoked.returncode == 0 and "revoked 2" in revoked.stdout
+    assert revoked.returncode == 0 and "revoked 1" in revoked.stdout
+    assert "operator" in hwnas("users", "role", "alice", "operator", home=home).stdout
+    assert_clean_error(hwnas("users", "role", "alice", "admin", home=home), "role 'admin' is not one of")
+    assert_clean_error(hwnas("users", "create", "a.b", home=home), "user name 'a.b'")
 
 
 def test_serve_refuses_a_bad_database_or_cluster_in_one_line(tmp_path: Path) -> None:
