@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from hwnas.db import Database, create_token, create_user
 from tests.api.conftest import DEVICE, ready_for_jobs
