@@ -130,8 +130,8 @@ class DeviceRegistry:
     def owned(self, user: str) -> int:
         """How many private devices `user` has."""
         with self.db.session() as s:
-            return len(list(s.scalars(select(DeviceRow.id).join(UserRow, DeviceRow.owner_id == UserRow.id)
-                                      .where(UserRow.name == user))))
+            return s.scalar(select(func.count()).select_from(DeviceRow).join(UserRow, DeviceRow.owner_id == UserRow.id)
+                            .where(UserRow.name == user)) or 0
 
     def remove(self, name: str, *, visible_to: str | None = None) -> None:
         if name in builtin_devices():
