@@ -100,13 +100,13 @@ def devices_serve(
 
 @devices_app.command("list")
 def devices_list() -> None:
-    """Built-in and registered device profiles."""
+    """Built-in and registered device profiles: shared ones, and users' private ones with their owner."""
     from hwnas.latency import DeviceRegistry
 
-    table = Table("name", "kind", "runtime", "where", "target")
+    table = Table("name", "kind", "runtime", "where", "owner", "target")
     for d in DeviceRegistry(db()).list():
         where = {"local": "local", "ray": "Ray node"}.get(d.location) or f"{d.tracker} ({d.rpc_key})"
-        table.add_row(d.name, d.kind, d.runtime, where, json.dumps(d.target))
+        table.add_row(d.name, d.kind, d.runtime, where, d.owner or "shared", json.dumps(d.target))
     console.print(table)
 
 

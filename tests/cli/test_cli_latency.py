@@ -23,7 +23,8 @@ def test_device_lifecycle(home: Path) -> None:
     r = hwnas("devices", "add", "rpi4", "--kind", "iot", "--target", target, "--tracker", "127.0.0.1:1", "--key",
               "rpi4", "--timed-runs", "60", "--passes", "3", home=home)
     assert r.returncode == 0, r.stderr
-    assert "rpi4" in hwnas("devices", "list", home=home).stdout
+    listed = hwnas("devices", "list", home=home).stdout
+    assert re.search(r"rpi4 .* shared", listed), listed
     shown = json.loads(hwnas("devices", "show", "rpi4", home=home).stdout)
     assert shown["target"]["mcpu"] == "cortex-a72" and shown["location"] == "rpc" and shown["predictors"] == []
     assert (shown["protocol"]["timed_runs"], shown["protocol"]["passes"]) == (60, 3)
