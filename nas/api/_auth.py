@@ -64,8 +64,8 @@ class AuthThrottle:
         with self._lock:
             if len(self._failures) >= self.max_clients:
                 self._failures.clear()
-            recent = self._recent(client) or self._failures.setdefault(client, collections.deque())
-            recent.append(time.monotonic())
+            self._recent(client)  # drop what fell out of the window first
+            self._failures.setdefault(client, collections.deque()).append(time.monotonic())
 
     def _recent(self, client: str) -> collections.deque[float] | None:
         recent = self._failures.get(client)
@@ -81,21 +81,27 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def throttled_authenticate(db: Database, token: str, throttle: AuthThrottle, client: str) -> str:
+    """`authenticate`, refused before any lookup for a `client` past its failures; each failure counts."""
+    throttle.check(client)
+    try:
+        return authenticate(db, token)
+    except AuthError:
+        throttle.failed(client)
+        raise
+
+
 async def user_for_token(db: Database, cache: TokenCache, token: str, *, throttle: AuthThrottle | None = None,
                          client: str = "") -> str:
     """`authenticate` behind the cache, off the event loop; the one token check of the API and the dashboard.
-    With a `throttle`, a `client` past its failures is refused before any lookup, and each failure counts."""
+    With a `throttle`, through `throttled_authenticate`."""
     from fastapi.concurrency import run_in_threadpool
 
     user = cache.get(token)
     if user is None:
-        if throttle is not None:
-            throttle.check(client)
-        try:
+        if throttle is None:
             user = await run_in_threadpool(authenticate, db, token)
-        except AuthError:
-            if throttle is not None:
-                throttle.failed(client)
-            raise
+        else:
+            user = await run_in_threadpool(throttled_authenticate, db, token, throttle, client)
         cache.put(token, user)
     return user

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from hwnas.api import _service as svc
-from hwnas.api._auth import ThrottledError, client_of, user_for_token
+from hwnas.api._auth import ThrottledError, client_of, throttled_authenticate, user_for_token
 from hwnas.api._schemas import JobOut
 from hwnas.db import Database, authenticate, create_token, revoke_session
 from hwnas.exceptions import AuthError, HwnasError, NotFoundError
@@ -133,18 +133,12 @@ def login(request: Request, token: Annotated[str, Form(max_length=512)] = "") ->
     if not _same_origin(request):  # login CSRF: only our own form logs in
         return _page(request, "login.html", None, status_code=403, title="Log in",
                      error="Log in from this site's own form.")
-    token = token.strip()
-    throttle, client = request.app.state.auth_throttle, client_of(request)
     try:
-        throttle.check(client)
+        user = throttled_authenticate(_db(request), token.strip(), request.app.state.auth_throttle,
+                                      client_of(request))
     except ThrottledError as e:
         return _page(request, "login.html", None, status_code=429, title="Log in", error=f"{str(e).capitalize()}.")
-    try:
-        user = authenticate(_db(request), token) if token else None
     except AuthError:
-        user = None
-    if user is None:
-        throttle.failed(client)
         return _page(request, "login.html", None, status_code=401, title="Log in",
                      error="Invalid, revoked or expired token.")
     settings = request.app.state.settings

@@ -104,7 +104,7 @@ def list_users(db: Database) -> list[UserInfo]:
 
 def _info(u: User) -> UserInfo:
     now = _now()
-    live = sum(t.revoked_at is None and (t.expires_at is None or t.expires_at > now) for t in u.tokens)
+    live = sum(_token_info(t, u.name).live(now) for t in u.tokens)
     return UserInfo(u.id, u.name, u.created_at, live, _role(u.role))
 
 
