@@ -15,6 +15,8 @@ __all__ = [
     "DuplicateError",
     "ExportError",
     "SearchError",
+    "ClusterError",
+    "TrainingError",
     "AuthError",
 ]
 
@@ -67,6 +69,15 @@ class ExportError(HwnasError):
 
 class SearchError(HwnasError, ValueError):
     """A search cannot run: a bad spec (strategy, options, budget), workers that cannot start, or a finished job."""
+
+
+class ClusterError(HwnasError, ValueError):
+    """Ray cannot be started or joined, or the cluster cannot place the workers asked of it."""
+
+
+class TrainingError(HwnasError, ValueError):
+    """Training cannot run as asked: a bad hyper-parameter or recipe, a precision the device lacks, or a
+    data-parallel run whose workers failed."""
 
 
 class AuthError(HwnasError):

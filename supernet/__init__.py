@@ -27,11 +27,30 @@ from hwnas.supernet._model import (
     init_weights,
     sinusoid,
 )
+from hwnas.supernet._prepared import PreparedData, prepare_data
+from hwnas.supernet._recipes import RECIPES, Recipe, get_recipe
 from hwnas.supernet._super import SubnetView, SuperTransformer
-from hwnas.supernet._train import TrainConfig, TrainResult, train_supernet
+from hwnas.supernet._train import (
+    DEVICES,
+    PRECISIONS,
+    SCHEDULES,
+    TrainConfig,
+    TrainResult,
+    TrainTask,
+    train_supernet,
+)
 
 __all__ = [
     "BIBLE_TRANSLATIONS",
+    "DEVICES",
+    "PRECISIONS",
+    "PreparedData",
+    "RECIPES",
+    "Recipe",
+    "SCHEDULES",
+    "TrainTask",
+    "get_recipe",
+    "prepare_data",
     "DataSpec",
     "EncoderOut",
     "EvalResult",

@@ -58,6 +58,9 @@ class LoadedSupernet:
 
 def load_supernet(path: str | Path) -> LoadedSupernet:
     state = read_checkpoint(path)
+    if state.get("kind", "supernet") != "supernet":
+        raise CheckpointError(f"checkpoint '{path}' is a {state['kind']} training run, not a supernet "
+                              f"(its model is written as model.pt beside it)")
     try:
         space = SearchSpace.from_dict(state["space"])
         model = SuperTransformer(space, ModelConfig(**state["model_config"]))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -159,10 +160,10 @@ def load_bible(source: str = "de", target: str = "en", split: str = "train") -> 
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    """Where the parallel text comes from: `bible:SRC-TGT` or `files:DIR:SRC-TGT`.
+    """Where the parallel text comes from: `bible:SRC-TGT`, `files:DIR:SRC-TGT` or `prepared:DIR`.
 
     A files directory holds `train.SRC`, `train.TGT`, `valid.SRC`, `valid.TGT` (and optionally
-    `test.*`), aligned line by line.
+    `test.*`), aligned line by line. A prepared directory is written by `hwnas data prepare`.
     """
 
     kind: str
@@ -173,23 +174,37 @@ class DataSpec:
     @classmethod
     def parse(cls, spec: str) -> DataSpec:
         kind, _, rest = spec.partition(":")
+        if kind == "prepared":
+            if not rest:
+                raise DataError(f"bad data spec '{spec}' (expected 'prepared:DIR')")
+            from hwnas.supernet._prepared import PreparedData
+
+            directory = str(Path(rest).resolve())
+            meta = PreparedData.open(directory, verify=False).meta
+            return cls(kind, str(meta["source"]), str(meta["target"]), directory)
         directory = None
         if kind == "files":
             directory, _, rest = rest.rpartition(":")
         src, sep, tgt = rest.partition("-")
         if kind not in ("bible", "files") or not sep or not src or not tgt or (kind == "files" and not directory):
-            raise DataError(f"bad data spec '{spec}' (expected 'bible:de-en' or 'files:DIR:de-en')")
+            raise DataError(f"bad data spec '{spec}' (expected 'bible:de-en', 'files:DIR:de-en' or 'prepared:DIR')")
         if kind == "bible":  # canonical translation ids, so 'bible:de-en' and 'bible:de.elb-en.kjv' are one spec
             src, tgt = _resolve_translation(src)[0], _resolve_translation(tgt)[0]
         return cls(kind, src, tgt, directory)
 
     def __str__(self) -> str:
+        if self.kind == "prepared":
+            return f"prepared:{self.directory}"
         middle = f"{self.directory}:" if self.directory else ""
         return f"{self.kind}:{middle}{self.source}-{self.target}"
 
     def load(self, split: str) -> ParallelCorpus:
         if self.kind == "bible":
             return load_bible(self.source, self.target, split)
+        if self.kind == "prepared":
+            from hwnas.supernet._prepared import PreparedData
+
+            return PreparedData.open(self.directory or ".", verify=False).text(split)
         d = Path(self.directory or ".")
         return read_parallel_files(d / f"{split}.{self.source}", d / f"{split}.{self.target}")
 
@@ -197,12 +212,17 @@ class DataSpec:
 # -- tokenizer --------------------------------------------------------------------------
 def train_tokenizer(corpus: ParallelCorpus, vocab_size: int) -> Tokenizer:
     """Joint source+target BPE (shared embeddings need one vocabulary), trained on `corpus`."""
+    return train_tokenizer_from(iter([*corpus.source, *corpus.target]), vocab_size)
+
+
+def train_tokenizer_from(sentences: Iterator[str], vocab_size: int) -> Tokenizer:
+    """Joint BPE trained on a stream of sentences (both languages), read once."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
-    tok.train_from_iterator([*corpus.source, *corpus.target], trainer=trainer)
+    tok.train_from_iterator(sentences, trainer=trainer)
     return tok
 
 
@@ -218,6 +238,21 @@ class EncodedCorpus:
     target: tuple[tuple[int, ...], ...]
     dropped: int  # pairs longer than max_len, left out of training
 
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]:
+        """Source and target lengths in tokens, (N,) each."""
+        return (np.fromiter(map(len, self.source), np.int64, len(self.source)),
+                np.fromiter(map(len, self.target), np.int64, len(self.target)))
+
+
+class TokenPairs(Protocol):
+    """Token-id pairs that batching and collation read: an `EncodedCorpus` in memory, or a prepared
+    (memory-mapped) data set."""
+
+    source: Sequence[Sequence[int]]
+    target: Sequence[Sequence[int]]
+
+    def lengths(self) -> tuple[np.ndarray, np.ndarray]: ...
+
 
 def encode_corpus(tok: Tokenizer, corpus: ParallelCorpus, *, max_len: int | None = None) -> EncodedCorpus:
     eos = SPECIAL_TOKENS.index("</s>")
@@ -228,14 +263,20 @@ def encode_corpus(tok: Tokenizer, corpus: ParallelCorpus, *, max_len: int | None
                          len(src) - len(keep))
 
 
-def make_batches(data: EncodedCorpus, max_tokens: int) -> list[list[int]]:
-    """Group sentences of similar length into batches of at most `max_tokens` (padded) tokens."""
-    order = sorted(range(len(data.source)), key=lambda i: (len(data.source[i]), len(data.target[i]), i))
+def make_batches(data: TokenPairs, max_tokens: int, *, max_len: int | None = None) -> list[list[int]]:
+    """Group sentences of similar length into batches of at most `max_tokens` (padded) tokens.
+
+    Pairs longer than `max_len` (source, or target plus </s>) are left out.
+    """
+    src_len, tgt_len = data.lengths()
+    order = np.lexsort((np.arange(len(src_len)), tgt_len, src_len))  # by (source, target, index)
+    if max_len is not None:
+        order = order[(src_len[order] <= max_len) & (tgt_len[order] < max_len)]
+    width = np.maximum(src_len, tgt_len + 1)
     batches: list[list[int]] = []
     current: list[int] = []
     longest = 0
-    for i in order:
-        n = max(len(data.source[i]), len(data.target[i]) + 1)
+    for i, n in zip(order.tolist(), width[order].tolist(), strict=True):
         if current and max(longest, n) * (len(current) + 1) > max_tokens:
             batches.append(current)
             current, longest = [], 0
@@ -251,15 +292,16 @@ def epoch_order(n_batches: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n_batches)
 
 
-def collate(data: EncodedCorpus, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(data: TokenPairs, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(src, tgt_in, tgt_out), each (B, T) and right-padded with <pad>=0."""
-    pad, bos, eos = 0, 1, 2
+    bos, eos = 1, 2
     srcs = [data.source[i] for i in indices]
-    tins = [(bos, *data.target[i]) for i in indices]
-    touts = [(*data.target[i], eos) for i in indices]
-
-    def pad_to(seqs: list[tuple[int, ...]]) -> torch.Tensor:
-        width = max(len(s) for s in seqs)
-        return torch.tensor([list(s) + [pad] * (width - len(s)) for s in seqs], dtype=torch.long)
-
-    return pad_to(srcs), pad_to(tins), pad_to(touts)
+    tgts = [data.target[i] for i in indices]
+    src = np.zeros((len(srcs), max(len(s) for s in srcs)), np.int64)
+    width = max(len(t) for t in tgts) + 1
+    tgt_in, tgt_out = np.zeros((len(tgts), width), np.int64), np.zeros((len(tgts), width), np.int64)
+    for row, (s, t) in enumerate(zip(srcs, tgts, strict=True)):
+        src[row, :len(s)] = s
+        tgt_in[row, 0], tgt_in[row, 1:len(t) + 1] = bos, t
+        tgt_out[row, :len(t)], tgt_out[row, len(t)] = t, eos
+    return torch.from_numpy(src), torch.from_numpy(tgt_in), torch.from_numpy(tgt_out)

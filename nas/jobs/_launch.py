@@ -17,12 +17,12 @@ from typing import Literal
 import ray
 from sqlalchemy import select
 
+from hwnas.cluster import init_ray, worker_resources
 from hwnas.db import Database, Export, SearchJob
 from hwnas.exceptions import HwnasError
 from hwnas.jobs._export import run_export
 from hwnas.jobs._lease import lease_free
 from hwnas.jobs._run import run_job
-from hwnas.jobs._scoring import init_ray, worker_resources
 from hwnas.jobs._spec import ACTIVE
 from hwnas.settings import Settings, configure_logging
 

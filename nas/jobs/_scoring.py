@@ -11,7 +11,6 @@ import abc
 import dataclasses
 import math
 import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,11 +20,11 @@ import ray
 import torch
 from ray.exceptions import RayActorError, RayTaskError
 
-from hwnas.exceptions import HwnasError, SearchError
+from hwnas.cluster import init_ray, worker_resources
+from hwnas.exceptions import HwnasError
 from hwnas.jobs._spec import FitnessConfig
 from hwnas.search import Evaluation
 from hwnas.search_spaces import SubnetConfig
-from hwnas.settings import Settings
 from hwnas.supernet import DataSpec, bleu, corpus_loss, load_supernet, read_checkpoint, translate
 
 OnResult = Callable[[int, "Score"], None]
@@ -105,45 +104,6 @@ class LocalEvaluator(Evaluator):
             if on_result is not None:
                 on_result(i, out[-1])
         return out
-
-
-def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address` (or the settings' Ray address), else start a local Ray sized to this machine."""
-    if ray.is_initialized():
-        return
-    address = address or Settings().ray_address
-    if address:
-        _check_reachable(address)
-    try:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            # a small object store: actors exchange subnet configs and scores, never tensors
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     object_store_memory=256 * 1024 * 1024)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        where = f"Ray cluster at '{address}'" if address else "a local Ray"
-        raise SearchError(f"cannot start or join {where}: {str(e).splitlines()[0]}") from e
-
-
-WORKER_RESOURCE = "hwnas_worker"  # advertised by worker nodes of a cluster (docker-compose.yml, scripts/cluster.sh)
-
-
-def worker_resources() -> dict[str, float]:
-    """Keep hwnas actors on worker nodes when the cluster marks them: never on the API's node, whose restart
-    would kill them. A local Ray (no marked nodes) places them anywhere."""
-    return {WORKER_RESOURCE: 0.001} if ray.cluster_resources().get(WORKER_RESOURCE) else {}
-
-
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Ray retries an unreachable GCS for minutes; a HOST:PORT that refuses connections is told in seconds."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or "://" in address:
-        return  # 'auto', ray:// and other forms: Ray's own resolution
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        raise SearchError(f"cannot reach the Ray cluster at '{address}': {e.strerror or e}") from None
 
 
 class RayEvaluator(Evaluator):

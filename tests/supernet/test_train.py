@@ -48,7 +48,6 @@ def test_resume_is_exact(tmp_path: Path, tiny_space: SearchSpace, bible_dir: Pat
         assert torch.equal(v, b["model"][k]), k
     for k, v in a["optimizer"]["state"].items():
         assert torch.equal(v["exp_avg_sq"], b["optimizer"]["state"][k]["exp_avg_sq"])
-    assert a["rng"]["numpy"] == b["rng"]["numpy"]
     assert not list((tmp_path / "b").glob("*.tmp"))  # atomic writes leave nothing behind
 
 
