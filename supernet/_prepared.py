@@ -161,6 +161,9 @@ def prepare_data(spec: DataSpec, out: Path, *, vocab_size: int, splits: tuple[st
             for w in writers.values():
                 meta["files"].update(w.close())
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp made it private; the data set is shared like any directory
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,7 @@ from hwnas.cli._latency import devices_app, kernels_app, latency_app
 from hwnas.cli._quickstart import quickstart_command
 from hwnas.cli._search import export_command, search_app
 from hwnas.cli._service import serve_command, tokens_app, users_app
-from hwnas.cli._supernet import spaces_app, supernet_app
+from hwnas.cli._supernet import data_app, spaces_app, supernet_app
 from hwnas.exceptions import HwnasError
 
 __all__ = ["app", "main"]
@@ -22,6 +22,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
                   help="Hardware-aware neural architecture search for Transformers (HAT).")
 app.add_typer(spaces_app, name="spaces")
 app.add_typer(supernet_app, name="supernet")
+app.add_typer(data_app, name="data")
 app.add_typer(devices_app, name="devices")
 app.add_typer(kernels_app, name="kernels")
 app.add_typer(latency_app, name="latency")

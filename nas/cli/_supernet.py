@@ -13,6 +13,7 @@ from hwnas.cli._common import console, db, load_subnet, settings
 
 spaces_app = typer.Typer(no_args_is_help=True, help="Shipped and user search spaces.")
 supernet_app = typer.Typer(no_args_is_help=True, help="Train, register and evaluate weight-sharing SuperTransformers.")
+data_app = typer.Typer(no_args_is_help=True, help="Parallel text: tokenize a corpus once for training at scale.")
 
 
 def _checkpoint(path: Path | None, space: str = "quickstart") -> Path:
@@ -47,40 +48,87 @@ def spaces_show(name: Annotated[str, typer.Argument(help="A shipped space, or a 
 
 
 # -- supernet ----------------------------------------------------------------------------
+def _train_options(values: dict[str, object]) -> dict[str, object]:
+    """CLI names -> TrainConfig fields, None for 'not given' (the recipe's value stays)."""
+    rename = {"warmup": "warmup_steps"}
+    return {rename.get(k, k): v for k, v in values.items()}
+
+
+Opt = typer.Option
+Device = Annotated[str, Opt(help="auto (CUDA when present), cpu or cuda; data-parallel workers use what Ray "
+                                 "gives them")]
+Precision = Annotated[str | None, Opt(help="fp32, bf16 or fp16 (autocast; fp16 with loss scaling, CUDA only)")]
+Workers = Annotated[int, Opt(min=1, help="Data-parallel workers on Ray Train (1: this process)")]
+GpusPerWorker = Annotated[float, Opt(min=0.0, help="GPUs per data-parallel worker (NCCL); 0 trains on CPUs (gloo)")]
+CpusPerWorker = Annotated[float | None, Opt(min=0.0, help="CPUs per worker (default: the cluster's CPUs / "
+                                                              "workers)")]
+Address = Annotated[str | None, Opt(help="Ray cluster to train on (default: $HWNAS_RAY_ADDRESS, else a local "
+                                         "Ray)")]
+
+
 @supernet_app.command("train")
 def supernet_train(
-    space: Annotated[str, typer.Option(help="Search space name or .json file")] = "quickstart",
-    data: Annotated[str, typer.Option(help="'bible:SRC-TGT' or 'files:DIR:SRC-TGT'")] = "bible:de-en",
-    out: Annotated[Path | None, typer.Option(help="Output directory (default: under $HWNAS_HOME)")] = None,
-    steps: Annotated[int, typer.Option(min=1)] = 1200,
-    max_tokens: Annotated[int, typer.Option(min=64, help="Padded tokens per batch")] = 2048,
-    lr: Annotated[float, typer.Option(min=0.0)] = 2e-3,
-    warmup: Annotated[int, typer.Option(min=0)] = 200,
-    vocab_size: Annotated[int, typer.Option(min=100)] = 4000,
-    sandwich: Annotated[bool, typer.Option(help="Also train largest and smallest every step")] = False,
-    seed: int = 0,
-    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in OUT")] = True,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads")] = None,
+    space: Annotated[str, Opt(help="Search space name or .json file")] = "quickstart",
+    data: Annotated[str, Opt(help="'bible:SRC-TGT', 'files:DIR:SRC-TGT' or 'prepared:DIR' (hwnas data "
+                                  "prepare)")] = "bible:de-en",
+    out: Annotated[Path | None, Opt(help="Output directory (default: under $HWNAS_HOME)")] = None,
+    recipe: Annotated[str | None, Opt(help="HAT's hyper-parameters for a shipped space (wmt14.en-de, "
+                                           "wmt14.en-fr, wmt19.en-de, iwslt14.de-en, quickstart); options "
+                                           "below override it")] = None,
+    steps: Annotated[int | None, Opt(min=1, help="Updates (default 1200)")] = None,
+    max_tokens: Annotated[int | None, Opt(min=64, help="Padded tokens per batch and worker (default 2048)")] = None,
+    update_freq: Annotated[int | None, Opt(min=1, help="Batches per update and worker (gradient "
+                                                       "accumulation) (default 1)")] = None,
+    lr: Annotated[float | None, Opt(min=0.0, help="Peak learning rate (default 0.002)")] = None,
+    schedule: Annotated[str | None, Opt(help="inverse_sqrt or cosine (default inverse_sqrt)")] = None,
+    warmup: Annotated[int | None, Opt(min=0, help="Warmup updates (default 200)")] = None,
+    dropout: Annotated[float | None, Opt(min=0.0, max=0.99)] = None,
+    vocab_size: Annotated[int | None, Opt(min=100, help="Of the BPE trained at the start (default 4000)")] = None,
+    precision: Precision = None,
+    sandwich: Annotated[bool | None, Opt("--sandwich/--no-sandwich",
+                                         help="Also train largest and smallest every update")] = None,
+    seed: int | None = None,
+    device: Device = "auto",
+    workers: Workers = 1,
+    gpus_per_worker: GpusPerWorker = 0.0,
+    cpus_per_worker: CpusPerWorker = None,
+    address: Address = None,
+    resume: Annotated[bool, Opt(help="Continue from the checkpoint in OUT")] = True,
+    threads: Annotated[int | None, Opt(min=1, help="Torch CPU threads (one process)")] = None,
 ) -> None:
-    """Train a SuperTransformer on real parallel text, one sampled subnet per step."""
+    """Train a SuperTransformer on real parallel text, one sampled subnet per update, on a CPU, a GPU or
+    data-parallel on Ray Train."""
     import torch
 
     from hwnas.jobs import register_supernet
     from hwnas.search_spaces import get_space
-    from hwnas.supernet import DataSpec, TrainConfig, train_supernet
+    from hwnas.supernet import DataSpec, TrainConfig, get_recipe, train_supernet
 
     if threads:
         torch.set_num_threads(threads)
     space_obj = get_space(space)
     spec = DataSpec.parse(data)
     out = out or settings().supernet_dir(space, str(spec))
-    cfg = TrainConfig(steps=steps, max_tokens=max_tokens, lr=lr, warmup_steps=warmup, vocab_size=vocab_size,
-                      sandwich=sandwich, seed=seed)
-    result = train_supernet(space=space_obj, data=spec, out=out, config=cfg, resume=resume)
+    overrides = _train_options(dict(steps=steps, max_tokens=max_tokens, update_freq=update_freq, lr=lr,
+                                    schedule=schedule, warmup=warmup, dropout=dropout, vocab_size=vocab_size,
+                                    precision=precision, sandwich=sandwich, seed=seed))
+    if recipe:
+        cfg = get_recipe(recipe, space_obj.name).config(workers=workers, **overrides)
+    else:
+        cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+    if spec.kind == "prepared":
+        from hwnas.supernet import PreparedData
+
+        vocab = PreparedData.open(spec.directory or ".", verify=False).meta["vocab_size"]
+        console.print(f"vocabulary: {vocab} (the prepared data's tokenizer)")
+    result = train_supernet(space=space_obj, data=spec, out=out, config=cfg, resume=resume, device=device,
+                            workers=workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                            address=address)
     registered = register_supernet(db(), result.checkpoint)
     console.print(f"checkpoint: {result.checkpoint}  step {result.step}  train loss {result.train_loss:.3f}  "
                   f"{result.tokens_per_s:.0f} tokens/s  {result.seconds_per_step:.3f} s/step  "
-                  f"(registered as supernet {registered.id})")
+                  f"({result.workers} worker(s), {result.device}, {result.precision}; "
+                  f"registered as supernet {registered.id})")
 
 
 @supernet_app.command("eval")
@@ -150,3 +198,35 @@ def supernet_list(space: Annotated[str | None, typer.Option(help="Only this spac
     for n in list_supernets(db(), space=space):
         table.add_row(str(n.id), n.space, n.data, str(n.step), f"{n.created_at:%Y-%m-%d %H:%M}", n.path)
     console.print(table)
+
+
+# -- data --------------------------------------------------------------------------------
+@data_app.command("prepare")
+def data_prepare(
+    out: Annotated[Path, Opt(help="New directory for the prepared data (must not exist)")],
+    data: Annotated[str, Opt(help="'bible:SRC-TGT' or 'files:DIR:SRC-TGT'")] = "bible:de-en",
+    vocab_size: Annotated[int, Opt(min=100, help="Joint BPE vocabulary (HAT: 32K on WMT)")] = 32000,
+) -> None:
+    """Tokenize a parallel corpus once into memory-mapped token files that training reads as
+    'prepared:OUT'."""
+    import resource
+    import time
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn
+
+    from hwnas.supernet import DataSpec, prepare_data
+
+    spec = DataSpec.parse(data)
+    start = time.perf_counter()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console) as bar:
+        task = bar.add_task("training the tokenizer on the train split")
+
+        def progress(split: str, pairs: int) -> None:
+            bar.update(task, description=f"encoding {split}: {pairs:,} pairs")
+
+        prepared = prepare_data(spec, out, vocab_size=vocab_size, on_progress=progress)
+    seconds = time.perf_counter() - start
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    splits = ", ".join(f"{k} {v['pairs']:,}" for k, v in prepared.meta["splits"].items())
+    console.print(f"wrote {out}: {splits} pairs, vocabulary {prepared.meta['vocab_size']}, "
+                  f"{seconds:.1f} s, peak memory {peak_mib:.0f} MiB; train with --data prepared:{out}")

@@ -148,3 +148,17 @@ def test_bad_data_spec_and_space() -> None:
     assert_clean_error(hwnas("supernet", "train", "--data", "bible:xx-en", "--steps", "1"),
                        "unknown Bible translation 'xx'")
     assert_clean_error(hwnas("supernet", "train", "--space", "nope", "--steps", "1"), "unknown search space")
+
+
+def test_data_prepare_and_bad_training_options(tmp_path: Path, bible_dir: Path) -> None:
+    out = tmp_path / "prepared"
+    r = hwnas("data", "prepare", "--data", f"files:{bible_dir}:de-en", "--out", str(out), "--vocab-size", "300")
+    assert r.returncode == 0, r.stderr
+    assert "train 300, valid 24, test 24 pairs" in r.stdout and f"prepared:{out}" in r.stdout
+    assert_clean_error(hwnas("data", "prepare", "--data", f"files:{bible_dir}:de-en", "--out", str(out)),
+                       "exists already")
+    assert_clean_error(hwnas("supernet", "train", "--recipe", "wmt14.en-de", "--data", f"prepared:{out}"),
+                       "recipe 'wmt14.en-de' is for space 'wmt14.en-de', not 'quickstart'")
+    assert_clean_error(hwnas("supernet", "train", "--precision", "fp16", "--device", "cpu", "--data",
+                             f"prepared:{out}", "--out", str(tmp_path / "run")), "fp16 training needs a CUDA device")
+    assert not (tmp_path / "run").exists()

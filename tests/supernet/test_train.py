@@ -107,3 +107,89 @@ def test_corrupt_and_foreign_checkpoints(tmp_path: Path, tiny_space: SearchSpace
     other_space = SearchSpace.from_dict({**TINY_SPACE_DICT, "name": "other", "decoder_layer_num": [1]})
     with pytest.raises(CheckpointError, match="trained on space 'tiny-test-space'"):
         train_supernet(space=other_space, data=data, out=tmp_path / "ok", config=cfg, progress=False)
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_is_refused(tmp_path: Path, tiny_space: SearchSpace,
+                                                         bible_dir: Path) -> None:
+    import dataclasses
+
+    from hwnas.exceptions import TrainingError
+
+    data = DataSpec.parse(f"files:{bible_dir}:de-en")
+    cfg = TrainConfig(steps=3, max_tokens=300, warmup_steps=1, vocab_size=300, dropout=0.0)
+    fp32 = train_supernet(space=tiny_space, data=data, out=tmp_path / "fp32", config=cfg, progress=False)
+    bf16 = train_supernet(space=tiny_space, data=data, out=tmp_path / "bf16", progress=False,
+                          config=dataclasses.replace(cfg, precision="bf16"))
+    a, b = read_checkpoint(fp32.checkpoint), read_checkpoint(bf16.checkpoint)
+    assert bf16.precision == "bf16" and all(v.dtype == torch.float32 for v in b["model"].values())  # fp32 master
+    # the same updates in lower precision: close losses, different weights (autocast did run in bf16)
+    assert b["history"] == pytest.approx(a["history"], rel=0.05)
+    name = "model.encoder_layers.0.ffn.fc1.weight"
+    assert not torch.equal(a["model"][name], b["model"][name])
+    with pytest.raises(TrainingError, match="fp16 training needs a CUDA device"):
+        train_supernet(space=tiny_space, data=data, out=tmp_path / "fp16", progress=False,
+                       config=dataclasses.replace(cfg, precision="fp16"))
+    with pytest.raises(TrainingError, match="unknown precision 'fp8'"):
+        dataclasses.replace(cfg, precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="no CUDA device"):
+            train_supernet(space=tiny_space, data=data, out=tmp_path / "cuda", config=cfg, device="cuda",
+                           progress=False)
+    assert not (tmp_path / "fp16").exists() and not (tmp_path / "cuda").exists()
+
+
+def test_a_resume_with_other_settings_is_refused_naming_them(tmp_path: Path, tiny_space: SearchSpace,
+                                                             bible_dir: Path) -> None:
+    import dataclasses
+
+    data = DataSpec.parse(f"files:{bible_dir}:de-en")
+    cfg = TrainConfig(steps=2, max_tokens=300, warmup_steps=1, vocab_size=300)
+    train_supernet(space=tiny_space, data=data, out=tmp_path, config=cfg, progress=False)
+    with pytest.raises(CheckpointError, match=r"lr 0.002 -> 0.001, update_freq 1 -> 2"):
+        train_supernet(space=tiny_space, data=data, out=tmp_path, progress=False,
+                       config=dataclasses.replace(cfg, lr=1e-3, update_freq=2))
+    longer = train_supernet(space=tiny_space, data=data, out=tmp_path, progress=False,
+                            config=dataclasses.replace(cfg, steps=3))  # more updates: a resume
+    assert longer.step == 3
+
+
+def test_update_frequency_accumulates_batches_into_one_update(tmp_path: Path, tiny_space: SearchSpace,
+                                                              bible_dir: Path) -> None:
+    import dataclasses
+
+    data = DataSpec.parse(f"files:{bible_dir}:de-en")
+    cfg = TrainConfig(steps=2, max_tokens=300, warmup_steps=1, vocab_size=300, dropout=0.0)
+    one = train_supernet(space=tiny_space, data=data, out=tmp_path / "a", config=cfg, progress=False)
+    two = train_supernet(space=tiny_space, data=data, out=tmp_path / "b", progress=False,
+                         config=dataclasses.replace(cfg, update_freq=2))
+    a, b = read_checkpoint(one.checkpoint), read_checkpoint(two.checkpoint)
+    assert (a["epoch"], a["pos"]) == (0, 2) and (b["epoch"], b["pos"]) == (0, 4)  # twice the batches per update
+    assert b["history"] != a["history"]
+
+
+def test_schedules_and_recipes() -> None:
+    from hwnas.exceptions import TrainingError
+    from hwnas.supernet import RECIPES, get_recipe
+
+    cos = TrainConfig(steps=100, lr=1e-3, schedule="cosine", warmup_steps=10, warmup_init_lr=1e-7, min_lr=1e-7)
+    assert cos.lr_at(1) == pytest.approx(1e-7 + (1e-3 - 1e-7) / 10)
+    assert cos.lr_at(10) == pytest.approx(1e-3)
+    assert cos.lr_at(55) == pytest.approx((1e-3 + 1e-7) / 2)
+    assert cos.lr_at(100) == pytest.approx(1e-7)
+    inv = TrainConfig(lr=2e-3, warmup_steps=200)
+    assert inv.lr_at(800) == pytest.approx(1e-3)
+    wmt = get_recipe("wmt14.en-de", "wmt14.en-de")
+    cfg = wmt.config(workers=8)
+    assert (cfg.max_tokens, cfg.update_freq, cfg.steps, cfg.schedule, cfg.warmup_steps) == (
+        4096, 16, 40_000, "cosine", 10_000)  # HAT: 8 GPUs x 16 x 4096 tokens per update
+    assert wmt.config(workers=1).update_freq == 128
+    assert wmt.config(workers=2, steps=10, lr=None).steps == 10  # overrides; None keeps the recipe's value
+    sub = wmt.config(subnet=True)
+    assert sub.warmup_steps == 4000 and sub.steps == 40_000
+    assert RECIPES["iwslt14.de-en"].config(subnet=True).keep_checkpoints == 10  # HAT averages the last 10
+    with pytest.raises(TrainingError, match="recipe 'wmt14.en-de' is for space 'wmt14.en-de', not 'quickstart'"):
+        get_recipe("wmt14.en-de", "quickstart")
+    with pytest.raises(TrainingError, match="unknown recipe"):
+        get_recipe("wmt16", "quickstart")
+    with pytest.raises(TrainingError, match="unknown schedule"):
+        TrainConfig(schedule="linear")
