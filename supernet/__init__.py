@@ -7,6 +7,7 @@ from hwnas.supernet._checkpoint import (
     load_supernet,
     read_checkpoint,
     save_subtransformer,
+    subtransformer_provenance,
 )
 from hwnas.supernet._data import (
     BIBLE_TRANSLATIONS,
@@ -29,6 +30,7 @@ from hwnas.supernet._model import (
 )
 from hwnas.supernet._prepared import PreparedData, prepare_data
 from hwnas.supernet._recipes import RECIPES, Recipe, get_recipe
+from hwnas.supernet._retrain import INITS, RetrainResult, average_weights, inherited_provenance, train_subtransformer
 from hwnas.supernet._super import SubnetView, SuperTransformer
 from hwnas.supernet._train import (
     DEVICES,
@@ -50,6 +52,12 @@ __all__ = [
     "SCHEDULES",
     "TrainTask",
     "get_recipe",
+    "INITS",
+    "RetrainResult",
+    "average_weights",
+    "inherited_provenance",
+    "subtransformer_provenance",
+    "train_subtransformer",
     "prepare_data",
     "DataSpec",
     "EncoderOut",

@@ -74,10 +74,12 @@ def load_supernet(path: str | Path) -> LoadedSupernet:
 SUBNET_FORMAT = "hwnas-subtransformer/1"
 
 
-def save_subtransformer(path: Path, model: SubTransformer, tokenizer: Tokenizer) -> None:
-    """A standalone SubTransformer file: its own weights only, config and tokenizer (no supernet)."""
+def save_subtransformer(path: Path, model: SubTransformer, tokenizer: Tokenizer, *,
+                        provenance: dict[str, Any] | None = None) -> None:
+    """A standalone SubTransformer file: its own weights only, config and tokenizer (no supernet), and what
+    its weights are (`provenance`: inherited, fine-tuned or retrained, steps, test BLEU), when known."""
     state = {"format": SUBNET_FORMAT, "subnet": model.cfg.to_dict(), "model_config": dataclasses.asdict(model.mc),
-             "tokenizer": tokenizer.to_str(), "model": model.state_dict()}
+             "tokenizer": tokenizer.to_str(), "model": model.state_dict(), "provenance": provenance}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -90,3 +92,9 @@ def load_subtransformer(path: str | Path) -> tuple[SubTransformer, Tokenizer]:
     except Exception as e:  # boundary: one line about the file
         raise CheckpointError(f"model file '{path}' does not hold a usable SubTransformer: "
                               f"{str(e).splitlines()[0]}") from e
+
+
+def subtransformer_provenance(path: str | Path) -> dict[str, Any] | None:
+    """What a model file's weights are (see `save_subtransformer`); None when it was not recorded."""
+    prov = _read_tagged(path, SUBNET_FORMAT, "model file", "SubTransformer").get("provenance")
+    return dict(prov) if isinstance(prov, dict) else None

@@ -13,6 +13,7 @@ from hwnas.cli._latency import devices_app, kernels_app, latency_app
 from hwnas.cli._quickstart import quickstart_command
 from hwnas.cli._search import export_command, search_app
 from hwnas.cli._service import serve_command, tokens_app, users_app
+from hwnas.cli._subnet import subnet_app
 from hwnas.cli._supernet import data_app, spaces_app, supernet_app
 from hwnas.exceptions import HwnasError
 
@@ -23,6 +24,7 @@ app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_comp
 app.add_typer(spaces_app, name="spaces")
 app.add_typer(supernet_app, name="supernet")
 app.add_typer(data_app, name="data")
+app.add_typer(subnet_app, name="subnet")
 app.add_typer(devices_app, name="devices")
 app.add_typer(kernels_app, name="kernels")
 app.add_typer(latency_app, name="latency")

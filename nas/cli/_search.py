@@ -155,6 +155,9 @@ def export_command(
     device: Annotated[str | None, typer.Option(
         help="Device of the certificate; its runtime must be the format's (onnx: onnxruntime, torchscript: torch, "
              "tvm: tvm). Default: the job's device, or this machine's CPU under the format's runtime")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        help="The candidate retrained or fine-tuned (model.pt of `hwnas subnet train`); default: the weights it "
+             "inherits from the supernet")] = None,
 ) -> None:
     """Write a candidate as a standalone bundle: model, config, tokenizer and a latency certificate measured with
     the runtime the format deploys with."""
@@ -162,6 +165,10 @@ def export_command(
     from hwnas.jobs import export_candidate
 
     target = out or settings().exports_dir() / f"job-{job}-candidate-{candidate}-{fmt}"
-    path = export_candidate(db(), job, candidate, fmt=fmt, out_dir=target, device=device)
+    path = export_candidate(db(), job, candidate, fmt=fmt, out_dir=target, device=device, weights=weights)
+    bundle = load_bundle(path)
     console.print(f"wrote {path}")
-    console.print(load_bundle(path).covers())
+    console.print(bundle.covers())
+    prov = bundle.weights or {}
+    bleu = f", test BLEU {prov['test_bleu']:.2f}" if prov.get("test_bleu") is not None else ""
+    console.print(f"weights: {prov.get('weights', 'unknown')} ({prov.get('steps', '?')} updates{bleu})")

@@ -2,7 +2,8 @@
 
 A bundle is one directory, written atomically (built in a sibling temp directory, then renamed):
 
-- `manifest.json`: bundle layout version, model format, every other file with its sha256 and size, the
+- `manifest.json`: bundle layout version, model format, what the weights are (`weights`: inherited from the
+  supernet, fine-tuned or retrained, with steps and test BLEU), every other file with its sha256 and size, the
   hwnas / torch / TVM / ONNX versions that wrote it, creation time (UTC);
 - `config.json`: the subnet (`SubnetConfig.to_dict()`), the `ModelConfig`, the fixed shapes and the
   names, shapes and dtypes of every graph input and output;
@@ -296,7 +297,7 @@ def _check_free(out: Path) -> None:
 def export_bundle(*, model: SubTransformer, tokenizer: Tokenizer, out_dir: str | Path, fmt: ExportFormat,
                   certificate: LatencyCertificate | None = None, target: dict[str, Any] | None = None,
                   tuning_dir: str | None = None, source_length_tokens: int | None = None,
-                  cache_len: int | None = None) -> Path:
+                  cache_len: int | None = None, provenance: dict[str, Any] | None = None) -> Path:
     """Write a standalone bundle of `model` in format `fmt` to `out_dir`, atomically.
 
     The bundle is built in a temp directory beside `out_dir` and renamed into place only when
@@ -312,6 +313,8 @@ def export_bundle(*, model: SubTransformer, tokenizer: Tokenizer, out_dir: str |
         tuning_dir: A MetaSchedule tuning database whose schedules the TVM build applies (`tvm` only).
         source_length_tokens: Source length of the fixed-shape graphs; default: the certificate's, else 30.
         cache_len: Decoder key/value cache slots; default: the certificate's decode steps, else 30.
+        provenance: What the weights are (`weights`: inherited, fine-tuned or retrained; `steps`, `test_bleu`...),
+            kept in the manifest as `weights` and in weights.pt.
 
     Returns:
         The bundle directory.
@@ -352,7 +355,8 @@ def export_bundle(*, model: SubTransformer, tokenizer: Tokenizer, out_dir: str |
     try:
         model.eval()  # dropout off: a traced or compiled graph would freeze whatever mode it saw
         _write_bundle(tmp, model=model, tokenizer=tokenizer, fmt=fmt, certificate=certificate,
-                      source_length_tokens=src_len, cache_len=cache, target=target, tuning_dir=tuning_dir)
+                      source_length_tokens=src_len, cache_len=cache, target=target, tuning_dir=tuning_dir,
+                      provenance=provenance)
         try:
             os.rename(tmp, out)  # POSIX: replaces an empty out_dir, fails on a non-empty one
         except OSError as e:
@@ -370,8 +374,9 @@ def export_bundle(*, model: SubTransformer, tokenizer: Tokenizer, out_dir: str |
 
 def _write_bundle(tmp: Path, *, model: SubTransformer, tokenizer: Tokenizer, fmt: str,
                   certificate: LatencyCertificate | None, source_length_tokens: int, cache_len: int,
-                  target: dict[str, Any] | None, tuning_dir: str | None) -> None:
-    save_subtransformer(tmp / WEIGHTS, model, tokenizer)
+                  target: dict[str, Any] | None, tuning_dir: str | None,
+                  provenance: dict[str, Any] | None = None) -> None:
+    save_subtransformer(tmp / WEIGHTS, model, tokenizer, provenance=provenance)
     tokenizer.save(str(tmp / TOKENIZER))
     specs = input_specs(model.cfg, model.mc, batch=BATCH, src_len=source_length_tokens, cache_len=cache_len)
     _write_json(tmp / CONFIG, {
@@ -392,7 +397,7 @@ def _write_bundle(tmp: Path, *, model: SubTransformer, tokenizer: Tokenizer, fmt
     _write_json(tmp / MANIFEST, {
         "bundle": BUNDLE_FORMAT, "format": fmt,
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        "versions": _versions(), "files": files})
+        "versions": _versions(), "weights": provenance, "files": files})
 
 
 # --- reading and running -------------------------------------------------------------------------------
@@ -422,6 +427,12 @@ class Bundle:
         self.path, self.manifest, self.config, self.certificate = path, manifest, config, certificate
         self.format: str = manifest["format"]
         self._runtime: _Runtime | None = None
+
+    @property
+    def weights(self) -> dict[str, Any] | None:
+        """What the weights are (inherited, fine-tuned or retrained; steps, test BLEU), when the export said."""
+        prov = self.manifest.get("weights")
+        return dict(prov) if isinstance(prov, dict) else None
 
     @property
     def runtime(self) -> str:

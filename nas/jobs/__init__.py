@@ -15,7 +15,7 @@ reconciler, the supernet registry, and the workspace-aware pipeline steps (`trai
 `tune_kernels`, `measure_subnets`, `fit_predictors`) that the CLI's quickstart chains.
 """
 
-from hwnas.jobs._export import certificate_device, export_candidate, export_dir, run_export
+from hwnas.jobs._export import candidate_subnet, certificate_device, export_candidate, export_dir, run_export
 from hwnas.jobs._launch import Launcher, RayLauncher, reconcile
 from hwnas.jobs._lease import JobBusyError, JobCancelled, lease_free, runner_id
 from hwnas.jobs._pipeline import (
@@ -99,6 +99,7 @@ __all__ = [
     "create_job",
     "default_vocab_size",
     "certificate_device",
+    "candidate_subnet",
     "export_candidate",
     "export_dir",
     "fit_predictors",

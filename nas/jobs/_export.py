@@ -19,9 +19,9 @@ from hwnas.jobs._store import get_job, tuning_to_use
 from hwnas.latency import DeviceProfile, DeviceRegistry, MeasurementRecord, SQLMeasurementStore, measure
 from hwnas.search_spaces import SubnetConfig, get_space
 from hwnas.settings import Settings
-from hwnas.supernet import load_supernet
+from hwnas.supernet import load_subtransformer, load_supernet, subtransformer_provenance
 
-__all__ = ["certificate_device", "export_candidate", "export_dir", "run_export"]
+__all__ = ["candidate_subnet", "certificate_device", "export_candidate", "export_dir", "run_export"]
 
 
 # This machine's CPU under each runtime: where a local CPU job's bundle is certified when its format runs on
@@ -47,28 +47,45 @@ def certificate_device(db: Database, job_device: str, fmt: str, device: str | No
                       f"this machine's CPU: {LOCAL_CPU_BY_RUNTIME[runtime]})")
 
 
+def candidate_subnet(db: Database, job_id: int, candidate_id: int) -> SubnetConfig:
+    """A job's candidate's subnet; an unknown (job, candidate) is one `NotFoundError`."""
+    get_job(db, job_id)
+    with db.session() as s:
+        row = s.scalar(select(Candidate).where(Candidate.job_id == job_id, Candidate.id == candidate_id))
+        if row is None:
+            raise NotFoundError(f"search job {job_id} has no candidate {candidate_id} (see: hwnas search show "
+                                f"{job_id})")
+        return SubnetConfig.from_dict(row.subnet)
+
+
 def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, out_dir: str | Path,
-                     record: bool = True, device: str | None = None) -> Path:
+                     record: bool = True, device: str | None = None, weights: str | Path | None = None) -> Path:
     """Extract the candidate from the job's supernet, certify its latency, write the bundle.
 
     The certificate is measured with the runtime the format deploys with, on `certificate_device`: the job's
     device when it measures with that runtime (the front's verification measured the candidate there, and that
     stored measurement is reused), else this machine's CPU under that runtime, or `device`. A candidate never
     measured there is measured now, and the record kept. `record=False` leaves the `exports` row to the caller
-    (the service keeps its own).
+    (the service keeps its own). `weights`: a model file of this candidate retrained or fine-tuned
+    (`hwnas subnet train`) to export instead of the weights it inherits; the bundle says which it carries.
     """
     spec = get_job(db, job_id).spec
-    with db.session() as s:
-        row = s.scalar(select(Candidate).where(Candidate.job_id == job_id, Candidate.id == candidate_id))
-        if row is None:
-            raise NotFoundError(f"search job {job_id} has no candidate {candidate_id} (see: hwnas search show "
-                                f"{job_id})")
-        subnet = SubnetConfig.from_dict(row.subnet)
+    subnet = candidate_subnet(db, job_id, candidate_id)
+    model, provenance = None, None
+    if weights is not None:
+        model, tokenizer = load_subtransformer(weights)
+        provenance = subtransformer_provenance(weights) or {"weights": "unknown"}
+        if model.cfg != subnet:
+            raise ExportError(f"model file '{weights}' holds subnet {model.cfg.key()}, not candidate {candidate_id}'s "
+                              f"({subnet.key()})")
     profile = certificate_device(db, spec.device, fmt, device)
     tuning_dir = spec.tuning_dir if profile.name == spec.device else tuning_to_use(profile, spec.space)
     space, supernet = get_space(spec.space), load_supernet(spec.supernet)
     store, registry = SQLMeasurementStore(db), DeviceRegistry(db)
-    mc = supernet.model.mc
+    mc = supernet.model.mc  # latency depends on shapes only: the supernet's measurements hold for retrained weights
+    if model is None:
+        model, tokenizer = supernet.model.extract_subnet(subnet).eval(), supernet.tokenizer
+        provenance = {"weights": "inherited", "steps": supernet.step, "supernet": str(spec.supernet)}
 
     def stored() -> list[MeasurementRecord]:
         if registry.revision(profile) is None:  # a revision never measured: nothing stored
@@ -87,9 +104,9 @@ def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, 
         found = stored()  # as stored: with its revision
     certificate = LatencyCertificate.from_record(found[-1], profile)
     tvm = fmt == "tvm"
-    path = export_bundle(model=supernet.model.extract_subnet(subnet).eval(), tokenizer=supernet.tokenizer,
-                         out_dir=out_dir, fmt=fmt, certificate=certificate,  # type: ignore[arg-type]
-                         target=profile.target if tvm else None, tuning_dir=tuning_dir if tvm else None)
+    path = export_bundle(model=model, tokenizer=tokenizer, out_dir=out_dir, fmt=fmt,  # type: ignore[arg-type]
+                         certificate=certificate, target=profile.target if tvm else None,
+                         tuning_dir=tuning_dir if tvm else None, provenance=provenance)
     if not record:
         return Path(path)
     with db.session() as s:

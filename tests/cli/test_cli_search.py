@@ -59,6 +59,23 @@ def test_search_run_show_and_list(setup: tuple[Path, Path, Path, float]) -> None
     assert exported.returncode == 0, exported.stderr
     assert json.loads((home / "b" / "certificate.json").read_text())["device"] == "local-cpu-torch"
     assert re.search(r"certificate: [\d.]+ ms median .* on device 'local-cpu-torch' rev 1 with torch", exported.stdout)
+    assert "weights: inherited" in exported.stdout
+    # HAT's step 5: retrain the found subnet, then export those weights with the same certificate
+    trained = hwnas("subnet", "train", "--job", str(job), "--candidate", candidate, "--out", str(home / "rt"),
+                    "--steps", "2", "--checkpoint-every", "1", "--average-last", "2", "--test-limit", "4", "--beam",
+                    "1", "--device", "cpu", home=home)
+    assert trained.returncode == 0, trained.stderr
+    assert re.search(r"retrained, 2 updates, 2 checkpoint\(s\) averaged, .* test BLEU [\d.]+ \(4 sentences",
+                     trained.stdout), trained.stdout
+    again = hwnas("export", str(job), "--candidate", candidate, "--format", "torchscript", "--out",
+                  str(home / "b2"), "--weights", str(home / "rt" / "model.pt"), home=home)
+    assert again.returncode == 0, again.stderr
+    assert re.search(r"weights: retrained \(2 updates, test BLEU [\d.]+\)", again.stdout), again.stdout
+    manifest = json.loads((home / "b2" / "manifest.json").read_text())
+    assert manifest["weights"]["weights"] == "retrained" and manifest["weights"]["averaged_checkpoints"] == 2
+    assert (json.loads((home / "b2" / "certificate.json").read_text())
+            == json.loads((home / "b" / "certificate.json").read_text()))  # same subnet, same measured latency
+    assert_clean_error(hwnas("subnet", "train", "--out", str(home / "x"), home=home), "name the subnet to train")
     assert_clean_error(hwnas("export", str(job), "--candidate", candidate, "--format", "onnx", "--device",
                              "local-cpu-torch", home=home), "onnx bundles run on onnxruntime, but device "
                                                             "'local-cpu-torch' measures with torch")
