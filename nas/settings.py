@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     quota_active_jobs: int = Field(4, ge=1)  # queued, running or verifying at once (429 beyond)
     quota_evaluations: int = Field(20_000, ge=1)  # one job's population x generations (422 beyond)
     quota_workers: int = Field(8, ge=1)  # one job's scoring actors (422 beyond)
+    quota_retrain_steps: int = Field(20_000, ge=0)  # updates of one job's retraining stage (422 beyond; 0: none)
+    quota_gpus_per_worker: float = Field(1.0, ge=0)  # GPUs of one scoring actor (422 beyond)
     quota_exports_per_job: int = Field(20, ge=1)  # exports of one job, failed ones included (429 beyond)
     auth_failures_per_minute: int = Field(20, ge=1)  # failed token checks from one client (429 beyond)
     token_ttl_days: float = Field(90.0, gt=0)  # lifetime of a token `hwnas tokens create` makes
@@ -83,6 +85,11 @@ class Settings(BaseSettings):
 
     def exports_dir(self) -> Path:
         return self.home / "exports"
+
+    def retrained_dir(self, job_id: int, candidate_id: int, job_created: str) -> Path:
+        """Where a job's retraining stage trains a candidate (checkpoints, then model.pt). The job's creation
+        time keeps apart jobs of two databases that share ids (ids restart in a new database)."""
+        return self.home / "retrained" / f"job-{job_id}-{job_created}-candidate-{candidate_id}"
 
     def jobs_dir(self) -> Path:
         """Job artefacts (Pareto plots)."""

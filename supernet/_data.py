@@ -11,7 +11,7 @@ import importlib.util
 import sqlite3
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -179,9 +179,9 @@ class DataSpec:
                 raise DataError(f"bad data spec '{spec}' (expected 'prepared:DIR')")
             from hwnas.supernet._prepared import PreparedData
 
-            directory = str(Path(rest).resolve())
-            meta = PreparedData.open(directory, verify=False).meta
-            return cls(kind, str(meta["source"]), str(meta["target"]), directory)
+            prepared = str(Path(rest).resolve())
+            meta = PreparedData.open(prepared, verify=False).meta
+            return cls(kind, str(meta["source"]), str(meta["target"]), prepared)
         directory = None
         if kind == "files":
             directory, _, rest = rest.rpartition(":")
@@ -244,12 +244,23 @@ class EncodedCorpus:
                 np.fromiter(map(len, self.target), np.int64, len(self.target)))
 
 
+class TokenColumn(Protocol):
+    """One side's sentences: `column[i]` is sentence i's token ids (a tuple, or a view of a mapped file)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int, /) -> Any: ...
+
+
 class TokenPairs(Protocol):
     """Token-id pairs that batching and collation read: an `EncodedCorpus` in memory, or a prepared
     (memory-mapped) data set."""
 
-    source: Sequence[Sequence[int]]
-    target: Sequence[Sequence[int]]
+    @property
+    def source(self) -> TokenColumn: ...
+
+    @property
+    def target(self) -> TokenColumn: ...
 
     def lengths(self) -> tuple[np.ndarray, np.ndarray]: ...
 

@@ -101,7 +101,7 @@ def run_distributed(task: TrainTask, *, gpus_per_worker: float = 0.0, cpus_per_w
             step, loss, lr = item
             bar.update(bar_task, completed=step, info=f"loss {loss:.3f} lr {lr:.2e}")
     thread.join()
-    ray.kill(queue.actor)
+    queue.shutdown()
     error = outcome.get("error") or getattr(outcome.get("result"), "error", None)
     if error is not None:
         raise TrainingError(f"data-parallel training failed: {_first_line(error)}") from error

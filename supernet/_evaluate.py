@@ -29,22 +29,22 @@ class EvalResult:
 
 @torch.no_grad()
 def corpus_loss(model: nn.Module | Decodable, tok: Tokenizer, corpus: ParallelCorpus, *,
-                max_tokens: int = 4096) -> float:
-    """Mean per-token NLL of `corpus` under a model called as `model(src, tgt_in)`."""
+                max_tokens: int = 4096, device: str | torch.device = "cpu") -> float:
+    """Mean per-token NLL of `corpus` under a model called as `model(src, tgt_in)` (on `device`)."""
     data = encode_corpus(tok, corpus)
     total, count = 0.0, 0
     for idx in make_batches(data, max_tokens):
-        src, tgt_in, tgt_out = collate(data, idx)
+        src, tgt_in, tgt_out = (t.to(device) for t in collate(data, idx))
         logits = model(src, tgt_in)  # type: ignore[operator]
         total += float(torch.nn.functional.cross_entropy(
-            logits.flatten(0, 1), tgt_out.flatten(), ignore_index=0, reduction="sum"))
+            logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=0, reduction="sum"))
         count += int(tgt_out.ne(0).sum())
     return total / count
 
 
 @torch.no_grad()
 def translate(model: Decodable, tok: Tokenizer, sentences: list[str], *, beam: int = 4,
-              batch_size: int = 32) -> list[str]:
+              batch_size: int = 32, device: str | torch.device = "cpu") -> list[str]:
     """Detokenized translations, in input order (beam 1 = greedy)."""
     eos = 2
     encoded = [e.ids + [eos] for e in tok.encode_batch(sentences)]
@@ -53,7 +53,7 @@ def translate(model: Decodable, tok: Tokenizer, sentences: list[str], *, beam: i
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         width = max(len(encoded[i]) for i in chunk)
-        src = torch.tensor([encoded[i] + [0] * (width - len(encoded[i])) for i in chunk])
+        src = torch.tensor([encoded[i] + [0] * (width - len(encoded[i])) for i in chunk], device=device)
         hyps = greedy_decode(model, src) if beam == 1 else beam_search(model, src, beam=beam)
         out.update({i: tok.decode(h) for i, h in zip(chunk, hyps, strict=True)})
     return [out[i] for i in range(len(sentences))]

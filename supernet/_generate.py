@@ -42,9 +42,9 @@ def greedy_decode(model: Decodable, src: Tensor, *, max_len_a: float = 1.5, max_
     """Token ids (without specials, at most max_len_a * S + max_len_b) of each row's greedy translation."""
     enc = model.encode(src)
     B = src.shape[0]
-    prev = torch.full((B, 1), BOS, dtype=torch.long)
+    prev = torch.full((B, 1), BOS, dtype=torch.long, device=src.device)
     out: list[list[int]] = [[] for _ in range(B)]
-    done = torch.zeros(B, dtype=torch.bool)
+    done = torch.zeros(B, dtype=torch.bool, device=src.device)
     cache: Cache | None = None
     for _ in range(_max_len(src, max_len_a, max_len_b)):
         logits, cache = model.decode_step(prev, enc, cache)  # (B, V)
@@ -66,17 +66,17 @@ def beam_search(model: Decodable, src: Tensor, *, beam: int = 4, lenpen: float =
     """Best hypothesis per source row by beam search; score = sum log p / length**lenpen."""
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
-    B = src.shape[0]
-    enc = _select(model.encode(src), torch.arange(B).repeat_interleave(beam))  # (B*K, ...)
-    scores = torch.full((B, beam), float("-inf"))
+    B, dev = src.shape[0], src.device
+    enc = _select(model.encode(src), torch.arange(B, device=dev).repeat_interleave(beam))  # (B*K, ...)
+    scores = torch.full((B, beam), float("-inf"), device=dev)
     scores[:, 0] = 0.0  # all beams start identical: keep only one alive at step 0
-    tokens = torch.full((B * beam, 1), BOS, dtype=torch.long)
+    tokens = torch.full((B * beam, 1), BOS, dtype=torch.long, device=dev)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     cache: Cache | None = None
     max_len = _max_len(src, max_len_a, max_len_b)
     for step in range(max_len + 1):  # at most max_len tokens, then </s>
         logits, cache = model.decode_step(tokens[:, -1:], enc, cache)
-        logp = logits.log_softmax(-1)  # (B*K, V)
+        logp = logits.float().log_softmax(-1)  # (B*K, V)
         logp[:, PAD] = float("-inf")
         if step == max_len:  # force an end
             logp[:, :EOS] = float("-inf")
@@ -84,9 +84,9 @@ def beam_search(model: Decodable, src: Tensor, *, beam: int = 4, lenpen: float =
         V = logp.shape[-1]
         cand = (scores.view(-1, 1) + logp).view(B, beam * V)
         top_scores, top_idx = cand.topk(2 * beam, dim=-1)  # (B, 2K)
-        new_scores = torch.full((B, beam), float("-inf"))
-        src_rows = torch.zeros(B, beam, dtype=torch.long)
-        new_tok = torch.full((B, beam), EOS, dtype=torch.long)
+        new_scores = torch.full((B, beam), float("-inf"), device=dev)
+        src_rows = torch.zeros(B, beam, dtype=torch.long, device=dev)
+        new_tok = torch.full((B, beam), EOS, dtype=torch.long, device=dev)
         for b in range(B):
             kept = 0
             for s, idx in zip(top_scores[b].tolist(), top_idx[b].tolist(), strict=True):

@@ -1,8 +1,9 @@
 """HAT's training recipes for the shipped spaces (../shared/reference/hat.md §4.2 and §7), as `TrainConfig`s.
 
 A recipe fixes what HAT fixed: batch size in tokens per update, schedule, warmup, regularisation and length;
-the user may override any value. Precision is left to the user (HAT trained WMT in fp16 on V100s; bf16 is the
-safe choice on newer GPUs and on CPUs).
+the user may override any value. Precision is left to the user: HAT trained WMT in fp16 on V100s; bf16 is the
+safe choice on newer GPUs, and on CPUs only with AVX512-BF16 or AMX (others emulate it, many times slower than
+fp32: bench/training.py).
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ after how many updates, averaged over how many checkpoints, with which test BLEU
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,7 @@ def train_subtransformer(
     progress: bool = True,
     beam: int = 4,
     test_limit: int | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> RetrainResult:
     """Train `subnet` of the supernet checkpoint `supernet` on its data (or `data`, with its tokenizer), average
     the last `average_last` checkpoints into `out/model.pt` and score it on the test split (the first
@@ -102,7 +104,7 @@ def train_subtransformer(
     task = TrainTask("subtransformer", space.to_dict(), str(spec), str(out), config, str(state["tokenizer"]),
                      subnet.to_dict(), str(Path(supernet).resolve()) if init == "inherited" else None, workers)
     trained = run(task, device=device, resume=resume, progress=progress, gpus_per_worker=gpus_per_worker,
-                  cpus_per_worker=cpus_per_worker, address=address)
+                  cpus_per_worker=cpus_per_worker, address=address, on_step=on_step)
 
     final = read_checkpoint(trained.checkpoint)
     kept = sorted(out.glob("weights-*.pt"))[-average_last:]

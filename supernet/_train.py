@@ -117,6 +117,7 @@ class TrainResult:
     workers: int = 1
     device: str = "cpu"
     precision: str = "fp32"
+    sync_s_per_step: float = 0.0  # rank 0's wait in the gradient all-reduce (communication + slower ranks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +312,9 @@ def run_task(task: TrainTask, where: Rank = Rank(), *, on_update: OnUpdate | Non
 
     model.train()
     per_update = cfg.update_freq * where.world
-    start_step, tokens, t0 = step, 0.0, time.perf_counter()
+    if where.world > 1:  # ranks finish loading at different times: start the clock together
+        torch.distributed.barrier()
+    start_step, tokens, t0, sync_s = step, 0.0, time.perf_counter(), 0.0
     while step < cfg.steps:
         torch.manual_seed(_dropout_seed(cfg.seed, step, where.rank))
         subnets: list[SubnetConfig | None] = (
@@ -333,6 +336,7 @@ def run_task(task: TrainTask, where: Rank = Rank(), *, on_update: OnUpdate | Non
                     sums[1] += loss_sum.detach()
             sums[0] += ntok
         grads = [q.grad for q in params if q.grad is not None]
+        t_sync = time.perf_counter()
         if where.world > 1:  # one flat all-reduce (fairseq's no_c10d way): DDP would need unused-parameter scans
             flat = torch._utils._flatten_dense_tensors(grads)
             where.all_reduce(flat)
@@ -340,6 +344,7 @@ def run_task(task: TrainTask, where: Rank = Rank(), *, on_update: OnUpdate | Non
                 g.copy_(reduced)
         where.all_reduce(sums)
         ntok_total = float(sums[0])
+        sync_s += time.perf_counter() - t_sync
         for g in grads:
             g.div_(ntok_total)
         scaler.unscale_(opt)
@@ -366,7 +371,7 @@ def run_task(task: TrainTask, where: Rank = Rank(), *, on_update: OnUpdate | Non
     done = max(step - start_step, 1)
     recent = history[-50:] or [float("nan")]
     return TrainResult(task.checkpoint, step, float(np.mean(recent)), tokens / seconds if seconds else 0.0,
-                       seconds / done, dropped, task.workers, where.device, cfg.precision)
+                       seconds / done, dropped, task.workers, where.device, cfg.precision, sync_s / done)
 
 
 def write_result(path: Path, result: TrainResult) -> None:

@@ -65,6 +65,7 @@ from hwnas.jobs import (
     get_job,
     list_jobs,
     reconcile,
+    retrained_model,
 )
 from hwnas.latency import DeviceProfile, DeviceRegistry, measure_config
 from hwnas.settings import Settings
@@ -292,8 +293,8 @@ def _routes(app: FastAPI) -> None:
 
     @app.get("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_NOT_FOUND)
     def job(job_id: JobId, user: User, db: DB) -> JobOut:
-        """Status, progress, generation and best loss so far."""
-        return JobOut.of(svc.owned_job(db, user, job_id))
+        """Status, progress, generation and best loss so far; the retrained model once the job retrained one."""
+        return JobOut.of(svc.owned_job(db, user, job_id), retrained_model(db, job_id))
 
     @app.delete("/jobs/{job_id}", response_model=JobOut, tags=["jobs"], responses=_NOT_FOUND)
     def cancel(job_id: JobId, user: User, db: DB) -> JobOut:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hwnas.db import TokenInfo
 from hwnas.export import ExportFormat
-from hwnas.jobs import CandidateRow, ExportStatus, FitnessMetric, FrontMember, JobInfo, JobStatus
+from hwnas.jobs import CandidateRow, ExportStatus, FitnessMetric, FrontMember, JobInfo, JobStatus, RetrainedInfo
 from hwnas.latency import DeviceKind, DeviceRuntime
 from hwnas.search import StrategyName as Strategy
 
@@ -34,6 +34,25 @@ class ConstraintIn(_In):
     latency_ms: float = Field(gt=0, le=1e7, allow_inf_nan=False)
 
 
+class RetrainIn(_In):
+    """Retrain the best verified front member after the search (HAT's step 5); its exports carry those weights."""
+
+    steps: int = Field(ge=1, le=1_000_000, description="Updates (the server's quota may allow fewer)")
+    init: Literal["scratch", "inherited"] = Field("scratch", description="From scratch (HAT) or fine-tuned")
+    average_last: int = Field(1, ge=1, le=50, description="Checkpoints averaged into the model")
+    checkpoint_every: int = Field(200, ge=1, le=1_000_000)
+    test_sentences: int | None = Field(None, ge=1, le=100_000, description="Test BLEU on the first N sentences")
+
+
+class RetrainedOut(BaseModel):
+    candidate_id: int
+    weights: str = Field(description="retrained (from scratch) or fine-tuned")
+    steps: int
+    averaged: int
+    test_bleu: float | None
+    test_loss: float | None
+
+
 class JobCreate(_In):
     """A search job: find the best subnets of `space` under `latency_ms` on `device`."""
 
@@ -45,12 +64,16 @@ class JobCreate(_In):
     population: int | None = Field(None, ge=4, le=2000, description="Candidates per generation/batch")
     generations: int | None = Field(None, ge=1, le=1000, description="Generations (evo) or batches (others)")
     workers: int = Field(1, ge=1, le=64, description="Ray actors scoring candidates")
+    gpus_per_worker: float = Field(0.0, ge=0, le=8, allow_inf_nan=False,
+                                   description="GPUs of each scoring actor (0: CPUs); the cluster must have them")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Autocast dtype of scoring")
     fitness: FitnessMetric = "loss"
     valid_sentences: int | None = Field(None, ge=1, le=100_000)
     also: list[ConstraintIn] = Field(default_factory=list, max_length=8, description="More (device, budget) pairs")
     verify: bool = Field(True, description="Measure the final front on the device")
     verified_members: int | None = Field(None, ge=1, le=100, description="Front members that must meet the budget "
                                          "when measured; default: the predicted front's size, at least 5")
+    retrain: RetrainIn | None = Field(None, description="Retrain the best verified member afterwards")
 
 
 class JobOut(BaseModel):
@@ -75,9 +98,10 @@ class JobOut(BaseModel):
     heartbeat_at: dt.datetime | None
     finished_at: dt.datetime | None
     spec: dict[str, Any]
+    retrained: RetrainedOut | None = Field(None, description="The best member's retrained model, once trained")
 
     @classmethod
-    def of(cls, j: JobInfo) -> JobOut:
+    def of(cls, j: JobInfo, retrained: RetrainedInfo | None = None) -> JobOut:
         spec = j.spec.to_dict()
         spec.pop("supernet", None)  # a server path: not the user's business
         spec.pop("tuning_dir", None)
@@ -87,7 +111,11 @@ class JobOut(BaseModel):
                    progress=min(1.0, j.generation / j.generations_total) if j.generations_total else 0.0,
                    evaluations=j.evaluations, best_loss=j.best_loss, best_subnet_key=j.best_subnet_key,
                    attempts=j.attempts, created_at=j.created_at, started_at=j.started_at,
-                   heartbeat_at=j.heartbeat_at, finished_at=j.finished_at, spec=spec)
+                   heartbeat_at=j.heartbeat_at, finished_at=j.finished_at, spec=spec,
+                   retrained=RetrainedOut(candidate_id=retrained.candidate_id, weights=retrained.weights,
+                                          steps=retrained.steps, averaged=retrained.averaged,
+                                          test_bleu=retrained.test_bleu, test_loss=retrained.test_loss)
+                   if retrained else None)
 
 
 class JobPage(BaseModel):

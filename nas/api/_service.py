@@ -28,6 +28,7 @@ from hwnas.jobs import (
     ACTIVE,
     FitnessConfig,
     JobInfo,
+    RetrainSpec,
     SearchSpec,
     SupernetInfo,
     candidates,
@@ -76,8 +77,11 @@ def spec_of(db: Database, body: JobCreate, viewer: Viewer) -> SearchSpec:
                       seed=body.seed, supernet=net.path, supernet_id=net.id,
                       options=strategy_options(body.strategy, population=body.population,
                                                generations=body.generations),
-                      fitness=FitnessConfig(metric=body.fitness, valid_sentences=body.valid_sentences),
+                      fitness=FitnessConfig(metric=body.fitness, valid_sentences=body.valid_sentences,
+                                            precision=body.precision),
                       extra_constraints=tuple((c.device, c.latency_ms) for c in body.also), workers=body.workers,
+                      gpus_per_worker=body.gpus_per_worker,
+                      retrain=RetrainSpec(**body.retrain.model_dump()) if body.retrain else None,
                       verify=body.verify, verified_members=body.verified_members,
                       tuning_dir=tuning_to_use(device, body.space))
 
@@ -133,6 +137,12 @@ def _check_job_quotas(db: Database, user: str, spec: SearchSpec, settings: Setti
     if spec.workers > settings.quota_workers:
         raise SearchError(f"workers = {spec.workers} is over the quota of {settings.quota_workers} per job "
                           f"(HWNAS_QUOTA_WORKERS)")
+    if spec.gpus_per_worker > settings.quota_gpus_per_worker:
+        raise SearchError(f"gpus_per_worker = {spec.gpus_per_worker:g} is over the quota of "
+                          f"{settings.quota_gpus_per_worker:g} (HWNAS_QUOTA_GPUS_PER_WORKER)")
+    if spec.retrain is not None and spec.retrain.steps > settings.quota_retrain_steps:
+        raise SearchError(f"retrain steps = {spec.retrain.steps} is over the quota of {settings.quota_retrain_steps} "
+                          f"per job (HWNAS_QUOTA_RETRAIN_STEPS)")
     with db.session() as s:  # a soft limit: submissions racing past the count together all land
         active = s.scalar(select(func.count()).select_from(SearchJob)
                           .where(SearchJob.owner == user, SearchJob.status.in_(ACTIVE))) or 0

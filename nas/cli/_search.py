@@ -31,6 +31,8 @@ def search_run(
     latency_ms: Annotated[float, typer.Option("--latency-ms", help="Latency budget on the device (ms)")] = ...,  # type: ignore[assignment]
     strategy: Annotated[str, typer.Option(help="evo | nsga2 | tpe | random")] = "evo",
     workers: Annotated[int, typer.Option(min=1, help="Ray actors scoring candidates")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(min=0.0, help="GPUs of each scoring actor (0: CPUs)")] = 0.0,
+    precision: Annotated[str, typer.Option(help="Autocast dtype of scoring: fp32, bf16 or fp16 (GPUs)")] = "fp32",
     supernet: Annotated[Path | None, typer.Option(help="Supernet checkpoint (default: the newest registered for "
                                                        "the space; see hwnas supernet list)")] = None,
     seed: int = 0,
@@ -42,6 +44,11 @@ def search_run(
     also: Annotated[list[str] | None, typer.Option("--also", help="Another constraint, DEVICE:MS (repeatable)")] =
         None,
     verify: Annotated[bool, typer.Option(help="Measure the final front on the device")] = True,
+    retrain_steps: Annotated[int | None, typer.Option(
+        min=1, help="Then retrain the best verified member for this many updates (HAT's step 5); exports of it "
+                    "carry those weights")] = None,
+    retrain_init: Annotated[str, typer.Option(help="scratch (HAT) or inherited (fine-tune)")] = "scratch",
+    retrain_average: Annotated[int, typer.Option(min=1, help="Checkpoints averaged into the retrained model")] = 1,
     verified_members: Annotated[int | None, typer.Option(
         min=1, help="Front members that must meet the budget when measured (others are measured in place of those "
                     "that do not); default: the predicted front's size, at least 5")] = None,
@@ -49,7 +56,7 @@ def search_run(
                                                      "$RAY_ADDRESS, else a local Ray)")] = None,
 ) -> None:
     """Create a search job and run it; Ctrl-C leaves it resumable (`hwnas search resume JOB`)."""
-    from hwnas.jobs import FitnessConfig, SearchSpec, create_job, run_job, tuning_to_use
+    from hwnas.jobs import FitnessConfig, RetrainSpec, SearchSpec, create_job, run_job, tuning_to_use
     from hwnas.search import strategy_options
     from hwnas.search_spaces import get_space
 
@@ -57,9 +64,13 @@ def search_run(
     spec = SearchSpec(space=space, device=device_name, latency_ms=latency_ms, strategy=strategy, seed=seed,
                       supernet=str(supernet or ""),
                       options=strategy_options(strategy, population=population, generations=generations),
-                      fitness=FitnessConfig(metric=fitness, valid_sentences=valid_sentences),  # type: ignore[arg-type]
-                      extra_constraints=extra, workers=workers, verify=verify,
+                      fitness=FitnessConfig(metric=fitness, valid_sentences=valid_sentences,  # type: ignore[arg-type]
+                                            precision=precision),
+                      extra_constraints=extra, workers=workers, gpus_per_worker=gpus_per_worker, verify=verify,
                       verified_members=verified_members,
+                      retrain=RetrainSpec(steps=retrain_steps, init=retrain_init, average_last=retrain_average,
+                                          checkpoint_every=max(1, min(200, retrain_steps // retrain_average)))
+                      if retrain_steps else None,
                       tuning_dir=tuning_to_use(device(device_name), get_space(space).name))
     database = db()
     job_id = create_job(database, spec)
@@ -155,9 +166,10 @@ def export_command(
     device: Annotated[str | None, typer.Option(
         help="Device of the certificate; its runtime must be the format's (onnx: onnxruntime, torchscript: torch, "
              "tvm: tvm). Default: the job's device, or this machine's CPU under the format's runtime")] = None,
-    weights: Annotated[Path | None, typer.Option(
-        help="The candidate retrained or fine-tuned (model.pt of `hwnas subnet train`); default: the weights it "
-             "inherits from the supernet")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="The candidate retrained or fine-tuned (model.pt of `hwnas subnet train`), or 'inherited'; default: "
+             "the model the job's retraining stage made of it, else the weights it inherits from the supernet")] =
+        None,
 ) -> None:
     """Write a candidate as a standalone bundle: model, config, tokenizer and a latency certificate measured with
     the runtime the format deploys with."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -48,7 +48,7 @@ def spaces_show(name: Annotated[str, typer.Argument(help="A shipped space, or a 
 
 
 # -- supernet ----------------------------------------------------------------------------
-def _train_options(values: dict[str, object]) -> dict[str, object]:
+def _train_options(values: dict[str, Any]) -> dict[str, Any]:
     """CLI names -> TrainConfig fields, None for 'not given' (the recipe's value stays)."""
     rename = {"warmup": "warmup_steps"}
     return {rename.get(k, k): v for k, v in values.items()}
@@ -115,7 +115,7 @@ def supernet_train(
     if recipe:
         cfg = get_recipe(recipe, space_obj.name).config(workers=workers, **overrides)
     else:
-        cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+        cfg = TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
     if spec.kind == "prepared":
         from hwnas.supernet import PreparedData
 

@@ -267,6 +267,23 @@ class Export(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
+class RetrainedModel(Base):
+    """A job's candidate trained as a standalone model after the search (HAT's step 5): what its weights are."""
+
+    __tablename__ = "retrained_models"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("search_jobs.id", ondelete="CASCADE"), index=True)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("search_candidates.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(String(1024))  # the model file (hwnas.supernet.load_subtransformer)
+    weights: Mapped[str] = mapped_column(String(16))  # 'retrained' (from scratch) | 'fine-tuned'
+    steps: Mapped[int] = mapped_column(Integer)
+    averaged: Mapped[int] = mapped_column(Integer)  # checkpoints averaged into it
+    test_bleu: Mapped[float | None] = mapped_column(Float)
+    test_loss: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class User(Base):
     """A user of the service; owns the search jobs submitted with their tokens."""
 

@@ -30,6 +30,7 @@ from hwnas.jobs._pipeline import (
     tuning_records,
 )
 from hwnas.jobs._plot import plot_front
+from hwnas.jobs._retrain import RetrainedInfo, best_member, retrained_model
 from hwnas.jobs._run import run_job
 from hwnas.jobs._scoring import Evaluator, LocalEvaluator, RayEvaluator, Score, init_ray, worker_resources
 from hwnas.jobs._spec import (
@@ -44,6 +45,7 @@ from hwnas.jobs._spec import (
     JobStatus,
     PredictorPin,
     ProgressCallback,
+    RetrainSpec,
     SearchSpec,
 )
 from hwnas.jobs._store import (
@@ -66,6 +68,10 @@ from hwnas.jobs._store import (
 from hwnas.jobs._supernets import SupernetInfo, get_supernet, list_supernets, register_supernet
 
 __all__ = [
+    "RetrainSpec",
+    "RetrainedInfo",
+    "best_member",
+    "retrained_model",
     "ACTIVE",
     "JOB_STATUSES",
     "RESUMABLE",

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from hwnas.db import Candidate, Database, Export
 from hwnas.exceptions import ExportError, HwnasError, MeasurementError, NotFoundError
 from hwnas.export import FORMAT_RUNTIME, LatencyCertificate, export_bundle
+from hwnas.jobs._retrain import retrained_model
 from hwnas.jobs._spec import ExportStatus
 from hwnas.jobs._store import get_job, tuning_to_use
 from hwnas.latency import DeviceProfile, DeviceRegistry, MeasurementRecord, SQLMeasurementStore, measure
@@ -67,12 +68,20 @@ def export_candidate(db: Database, job_id: int, candidate_id: int, *, fmt: str, 
     stored measurement is reused), else this machine's CPU under that runtime, or `device`. A candidate never
     measured there is measured now, and the record kept. `record=False` leaves the `exports` row to the caller
     (the service keeps its own). `weights`: a model file of this candidate retrained or fine-tuned
-    (`hwnas subnet train`) to export instead of the weights it inherits; the bundle says which it carries.
+    (`hwnas subnet train`), or "inherited"; by default the model the job's retraining stage made of this
+    candidate, else the weights it inherits from the supernet. The bundle says which it carries.
     """
     spec = get_job(db, job_id).spec
     subnet = candidate_subnet(db, job_id, candidate_id)
     model, provenance = None, None
-    if weights is not None:
+    if weights is None:  # the job's retraining stage trained this candidate: its weights are the deployable ones
+        done = retrained_model(db, job_id, candidate_id)
+        if done is not None:
+            if not Path(done.path).exists():
+                raise ExportError(f"candidate {candidate_id} was retrained, but its model file '{done.path}' is gone "
+                                  f"(export its inherited weights with weights='inherited')")
+            weights = done.path
+    if weights is not None and str(weights) != "inherited":
         model, tokenizer = load_subtransformer(weights)
         provenance = subtransformer_provenance(weights) or {"weights": "unknown"}
         if model.cfg != subnet:

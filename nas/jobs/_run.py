@@ -19,6 +19,7 @@ from sqlalchemy import func, select, update
 from hwnas.db import Candidate, Database, Generation, SearchJob
 from hwnas.exceptions import SearchError
 from hwnas.jobs._lease import JobBusyError, JobCancelled, claim, now, release, renew, runner_id
+from hwnas.jobs._retrain import retrain_best
 from hwnas.jobs._scoring import Evaluator, RayEvaluator, Score
 from hwnas.jobs._spec import RESUMABLE, JobProgress, ProgressCallback, SearchSpec
 from hwnas.jobs._store import JobInfo, constraints, get_job
@@ -47,7 +48,8 @@ def _set(db: Database, job_id: int, **values: Any) -> str:
 
 def run_job(db: Database, job_id: int, *, evaluator: Evaluator | None = None, address: str | None = None,
             on_progress: ProgressCallback | None = None) -> JobInfo:
-    """Run (or resume) job `job_id` to the end: search, then measure the front on the device.
+    """Run (or resume) job `job_id` to the end: search, measure the front on the device, then (when the spec
+    asks) retrain its best member.
 
     `evaluator` defaults to a `RayEvaluator` with the spec's workers (local Ray, or the cluster at
     `address` / the settings' Ray address). `on_progress` hears every scored candidate, finished batch and
@@ -62,7 +64,8 @@ def run_job(db: Database, job_id: int, *, evaluator: Evaluator | None = None, ad
     own_evaluator = evaluator is None
     try:
         if evaluator is None:
-            evaluator = RayEvaluator(spec.supernet, spec.fitness, workers=max(1, spec.workers), address=address)
+            evaluator = RayEvaluator(spec.supernet, spec.fitness, workers=max(1, spec.workers), address=address,
+                                     gpus_per_worker=spec.gpus_per_worker)
         _search(db, job_id, spec, evaluator, on_progress or _quiet)
         if own_evaluator:  # the scoring workers go before the device is timed: nothing of ours beside it
             evaluator.close()
@@ -72,6 +75,9 @@ def run_job(db: Database, job_id: int, *, evaluator: Evaluator | None = None, ad
             _set(db, job_id, **verify_front(db, job_id, spec, on_progress or _quiet))
         else:
             store_front(db, job_id, spec, measured={})
+        if spec.retrain is not None:
+            _set(db, job_id, status="retraining", heartbeat_at=now())
+            retrain_best(db, job_id, spec, on_progress or _quiet)
         _set(db, job_id, status="finished", finished_at=now())
     except JobCancelled:
         pass

@@ -8,6 +8,7 @@ candidate retried; a candidate that keeps failing comes back as an error, never 
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import math
 import os
@@ -20,7 +21,7 @@ import ray
 import torch
 from ray.exceptions import RayActorError, RayTaskError
 
-from hwnas.cluster import init_ray, worker_resources
+from hwnas.cluster import check_placement, init_ray, worker_resources
 from hwnas.exceptions import HwnasError
 from hwnas.jobs._spec import FitnessConfig
 from hwnas.search import Evaluation
@@ -51,23 +52,31 @@ class Score:
 class Scorer:
     """A loaded supernet and its fixed validation subset; scores one subnet at a time."""
 
-    def __init__(self, checkpoint: str | Path, fitness: FitnessConfig, *, threads: int | None = None):
+    def __init__(self, checkpoint: str | Path, fitness: FitnessConfig, *, threads: int | None = None,
+                 device: str = "cpu"):
         if threads:
             torch.set_num_threads(threads)
-        self.fitness = fitness
+        self.fitness, self.device = fitness, device
         self.supernet = load_supernet(checkpoint)
+        self.supernet.model.to(device)
+        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fitness.precision)
         corpus = DataSpec.parse(self.supernet.data).load("valid")
         self.corpus = corpus.head(fitness.valid_sentences) if fitness.valid_sentences else corpus
 
     def score(self, subnet: SubnetConfig) -> Score:
         start = time.perf_counter()
+        autocast = (torch.autocast(torch.device(self.device).type, dtype=self._dtype) if self._dtype
+                    else contextlib.nullcontext())
         try:
             view = self.supernet.model.subnet(subnet)
-            loss = corpus_loss(view, self.supernet.tokenizer, self.corpus, max_tokens=self.fitness.max_tokens)
-            score = None
-            if self.fitness.metric == "bleu":
-                hyps = translate(view, self.supernet.tokenizer, list(self.corpus.source), beam=self.fitness.beam)
-                score = bleu(hyps, list(self.corpus.target))
+            with autocast:
+                loss = corpus_loss(view, self.supernet.tokenizer, self.corpus, max_tokens=self.fitness.max_tokens,
+                                   device=self.device)
+                score = None
+                if self.fitness.metric == "bleu":
+                    hyps = translate(view, self.supernet.tokenizer, list(self.corpus.source),
+                                     beam=self.fitness.beam, device=self.device)
+                    score = bleu(hyps, list(self.corpus.target))
         except (HwnasError, RuntimeError, ValueError) as e:  # one bad candidate is data, not a crash
             return Score(None, None, time.perf_counter() - start, f"{type(e).__name__}: {str(e).splitlines()[0]}")
         return Score(loss, score, time.perf_counter() - start)
@@ -112,11 +121,14 @@ class RayEvaluator(Evaluator):
     MAX_TRIES = 3  # per candidate, counting the first: a candidate that kills its actor thrice is an error
 
     def __init__(self, checkpoint: str | Path, fitness: FitnessConfig = FitnessConfig(), *, workers: int = 1,
-                 address: str | None = None, threads_per_worker: int | None = None):
+                 address: str | None = None, threads_per_worker: int | None = None, gpus_per_worker: float = 0.0):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         read_checkpoint(checkpoint)  # a bad checkpoint is one clear error here, not a dead actor later
         init_ray(address)
+        if gpus_per_worker:  # a GPU actor Ray cannot place would wait forever: say so now
+            check_placement(workers, cpus_per_worker=0, gpus_per_worker=gpus_per_worker)
+        self._gpus = gpus_per_worker
         cpus = int(ray.available_resources().get("CPU", 1))
         self._threads = threads_per_worker or max(1, cpus // workers)
         self._checkpoint, self._fitness = str(Path(checkpoint).resolve()), fitness
@@ -125,8 +137,8 @@ class RayEvaluator(Evaluator):
         ray.get([a.ready.remote() for a in self.actors])  # load errors (bad checkpoint) surface here, once
 
     def _spawn(self) -> Any:
-        return self._actor_cls.options(max_restarts=0, resources=worker_resources()).remote(
-            self._checkpoint, self._fitness, self._threads)
+        return self._actor_cls.options(max_restarts=0, resources=worker_resources(), num_gpus=self._gpus).remote(
+            self._checkpoint, self._fitness, self._threads, "cuda" if self._gpus else "cpu")
 
     def evaluate(self, subnets: Sequence[SubnetConfig], on_result: OnResult | None = None) -> list[Score]:
         results: dict[int, Score] = {}
@@ -165,8 +177,8 @@ class RayEvaluator(Evaluator):
 class _ScoreActor:
     """Ray actor body: loads the supernet once, then scores subnets sent as dicts."""
 
-    def __init__(self, checkpoint: str, fitness: FitnessConfig, threads: int):
-        self.scorer = Scorer(checkpoint, fitness, threads=threads)
+    def __init__(self, checkpoint: str, fitness: FitnessConfig, threads: int, device: str = "cpu"):
+        self.scorer = Scorer(checkpoint, fitness, threads=threads, device=device)
 
     def ready(self) -> int:
         return os.getpid()

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from hwnas.db import Database
 from hwnas.exceptions import CheckpointError, ExportError, InfeasibleConstraintError, NotFoundError, SearchError
@@ -20,8 +21,10 @@ from hwnas.jobs import (
     JobProgress,
     LocalEvaluator,
     PredictorPin,
+    RetrainSpec,
     Score,
     SearchSpec,
+    best_member,
     cancel_job,
     candidates,
     create_job,
@@ -30,6 +33,7 @@ from hwnas.jobs import (
     front_candidates,
     get_job,
     list_supernets,
+    retrained_model,
     run_job,
 )
 from hwnas.latency import Sample, create_predictor
@@ -266,17 +270,31 @@ def _jobs(db: Database) -> list[object]:
 
 
 def test_front_is_measured_then_exported(db: Database, spec: Callable[..., SearchSpec],
-        local: LocalEvaluator, budget_ms: float, tmp_path: Path) -> None:
-    job_id = create_job(db, spec(verify=True))
-    assert run_job(db, job_id, evaluator=local).status == "finished"
+        local: LocalEvaluator, budget_ms: float, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HWNAS_HOME", str(tmp_path / "home"))  # the retraining stage trains under it
+    retrain = RetrainSpec(steps=2, checkpoint_every=1, average_last=2, test_sentences=4, beam=1)
+    job_id = create_job(db, spec(verify=True, retrain=retrain))
+    events: list[JobProgress] = []
+    assert run_job(db, job_id, evaluator=local, on_progress=events.append).status == "finished"
+    assert [(e.done, e.total) for e in events if e.stage == "retrain"][-1] == (2, 2)
     members = front(db, job_id)
     assert members
     for m in members:
         assert m.error is None and m.measured_latency_ms is not None and m.measured_latency_ms > 0
         assert m.meets_constraint == (m.measured_latency_ms <= budget_ms)  # flagged, never silently returned
-    best = min(members, key=lambda m: m.candidate.loss or 0.0)
+    best = min((m for m in members if m.meets_constraint), key=lambda m: m.candidate.loss or 0.0)
+    # HAT's step 5 as a stage of the job: the best member within budget, retrained and recorded
+    done = retrained_model(db, job_id)
+    assert done is not None and done.candidate_id == best.candidate.id == best_member(db, job_id).id
+    assert done.weights == "retrained" and done.steps == 2 and done.averaged == 2 and done.test_bleu is not None
     # TorchScript runs on PyTorch, the job device's runtime: the front's measurement is the certificate
     bundle = load_bundle(export_candidate(db, job_id, best.candidate.id, fmt="torchscript", out_dir=tmp_path / "b"))
+    assert bundle.weights == done.provenance() | {"test_sentences": 4}  # the retrained weights, and it says so
+    inherited = load_bundle(export_candidate(db, job_id, best.candidate.id, fmt="torchscript",
+                                             out_dir=tmp_path / "i", weights="inherited"))
+    assert inherited.weights is not None and inherited.weights["weights"] == "inherited"
+    assert not torch.equal(bundle.load_pytorch().state_dict()["encoder_layer_norm.weight"],
+                           inherited.load_pytorch().state_dict()["encoder_layer_norm.weight"])
     assert bundle.subnet == best.candidate.subnet and bundle.certificate is not None
     assert bundle.certificate.device == DEVICE and bundle.certificate.runtime == "torch"
     assert bundle.certificate.latency_ms == pytest.approx(best.measured_latency_ms)  # the front's measurement

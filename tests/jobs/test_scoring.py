@@ -80,3 +80,27 @@ def test_bad_checkpoint_fails_before_any_worker_starts(tmp_path: Path) -> None:
     bad.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="bad.pt"):
         RayEvaluator(bad, FITNESS, workers=1)
+
+
+def test_bf16_scoring_agrees_with_fp32_within_two_percent(checkpoint: Path,  # noqa: F811
+                                                          tiny_space: SearchSpace) -> None:
+    """The tolerance stated for low-precision scoring (GPU actors use it): valid losses within 2% of fp32, and the
+    same order of clearly different subnets."""
+    import dataclasses
+
+    rng = np.random.default_rng(2)
+    subnets = [tiny_space.largest(), tiny_space.smallest(), *(tiny_space.sample(rng) for _ in range(2))]
+    fp32 = LocalEvaluator(checkpoint, FITNESS, threads=1).evaluate(subnets)
+    bf16 = LocalEvaluator(checkpoint, dataclasses.replace(FITNESS, precision="bf16"), threads=1).evaluate(subnets)
+    for a, b in zip(fp32, bf16, strict=True):
+        assert b.error is None and b.valid_loss == pytest.approx(a.valid_loss, rel=0.02)
+        assert b.valid_loss != a.valid_loss  # autocast really ran in bf16
+    with pytest.raises(ValueError, match="precision must be fp32, bf16 or fp16"):
+        FitnessConfig(precision="int8")
+
+
+def test_gpu_actors_the_cluster_cannot_place_are_refused(ray_session: None, checkpoint: Path) -> None:  # noqa: F811
+    from hwnas.exceptions import ClusterError
+
+    with pytest.raises(ClusterError, match="cannot place 2 workers of 0 CPU \\+ 1 GPU"):
+        RayEvaluator(checkpoint, FITNESS, workers=2, gpus_per_worker=1)
