@@ -25,8 +25,7 @@ from pathlib import Path
 
 from hwnas.io import atomic_write
 from hwnas.latency import cpu_model
-from hwnas.supernet import BIBLE_TRANSLATIONS, PreparedData, load_bible
-from hwnas.supernet._data import make_batches
+from hwnas.supernet import BIBLE_TRANSLATIONS, PreparedData, load_bible, make_batches
 
 RESULTS = Path(__file__).parent / "results"
 

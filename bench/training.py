@@ -30,10 +30,16 @@ import torch
 from hwnas.io import atomic_write
 from hwnas.latency import cpu_model
 from hwnas.search_spaces import get_space
-from hwnas.supernet import DataSpec, TrainConfig, get_recipe, train_supernet
-from hwnas.supernet._data import train_tokenizer
-from hwnas.supernet._distributed import run_distributed
-from hwnas.supernet._train import TrainTask, run
+from hwnas.supernet import (
+    DataSpec,
+    TrainConfig,
+    TrainTask,
+    get_recipe,
+    run_distributed,
+    train_supernet,
+    train_tokenizer,
+)
+from hwnas.supernet import run_training as run
 
 RESULTS = Path(__file__).parent / "results"
 

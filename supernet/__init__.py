@@ -14,9 +14,11 @@ from hwnas.supernet._data import (
     DataSpec,
     ParallelCorpus,
     load_bible,
+    make_batches,
     read_parallel_files,
     train_tokenizer,
 )
+from hwnas.supernet._distributed import run_distributed
 from hwnas.supernet._evaluate import EvalResult, bleu, corpus_loss, evaluate_subnet, translate
 from hwnas.supernet._generate import beam_search, greedy_decode
 from hwnas.supernet._model import (
@@ -41,6 +43,7 @@ from hwnas.supernet._train import (
     TrainTask,
     train_supernet,
 )
+from hwnas.supernet._train import run as run_training
 
 __all__ = [
     "BIBLE_TRANSLATIONS",
@@ -51,6 +54,9 @@ __all__ = [
     "Recipe",
     "SCHEDULES",
     "TrainTask",
+    "make_batches",
+    "run_distributed",
+    "run_training",
     "get_recipe",
     "INITS",
     "RetrainResult",

@@ -182,7 +182,15 @@ def test_job_quotas_name_their_setting(strict: TestClient, auth: Auth, budget_ms
     assert "HWNAS_QUOTA_EVALUATIONS" in assert_refused(strict.post("/jobs", json={**body, "population": 50,
                                                                                    "generations": 3}, headers=alice))
     assert "HWNAS_QUOTA_WORKERS" in assert_refused(strict.post("/jobs", json={**body, "workers": 3}, headers=alice))
-    first = strict.post("/jobs", json=body, headers=alice).json()["id"]
+    assert "HWNAS_QUOTA_RETRAIN_STEPS" in assert_refused(strict.post("/jobs", json={**body, "retrain": {
+        "steps": 50_000}}, headers=alice))
+    assert "HWNAS_QUOTA_GPUS_PER_WORKER" in assert_refused(strict.post("/jobs", json={**body, "gpus_per_worker": 2},
+                                                                       headers=alice))
+    assert_refused(strict.post("/jobs", json={**body, "retrain": {"steps": 10, "average_last": 5,
+                                                                  "checkpoint_every": 10}}, headers=alice))
+    first = strict.post("/jobs", json={**body, "retrain": {"steps": 100, "init": "inherited"}}, headers=alice).json()
+    assert first["spec"]["retrain"]["init"] == "inherited" and first["retrained"] is None
+    first = first["id"]
     assert strict.post("/jobs", json=body, headers=alice).status_code == 201
     assert "HWNAS_QUOTA_ACTIVE_JOBS" in assert_refused(strict.post("/jobs", json=body, headers=alice), 429)
     assert strict.post("/jobs", json=body, headers=bob).status_code == 201  # per user
