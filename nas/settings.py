@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)  # runs of one job (resumes included) before it is failed
     token_cache_s: float = Field(10.0, ge=0)  # a revoked token may work this long on a process that just saw it
     # quotas, per user of the service (operators' CLI is not limited): a refusal names the setting
-    quota_active_jobs: int = Field(4, ge=1)  # queued, running or verifying at once (429 beyond)
+    quota_active_jobs: int = Field(4, ge=1)  # queued, running, verifying or retraining at once (429 beyond)
     quota_evaluations: int = Field(20_000, ge=1)  # one job's population x generations (422 beyond)
     quota_workers: int = Field(8, ge=1)  # one job's scoring actors (422 beyond)
     quota_retrain_steps: int = Field(20_000, ge=0)  # updates of one job's retraining stage (422 beyond; 0: none)
