@@ -8,6 +8,7 @@ driver through a Ray queue, so the bar moves here as the workers train.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ def run_distributed(task: TrainTask, *, gpus_per_worker: float = 0.0, cpus_per_w
         raise TrainingError(f"data-parallel training failed: {_first_line(error)}") from error
     if not (out / RESULT_FILE).exists():
         raise TrainingError("data-parallel training ended without a result from rank 0")
+    shutil.rmtree(out / "ray-train", ignore_errors=True)  # Ray Train's run records; the checkpoint is ours
     return read_result(out / RESULT_FILE)
 
 
