@@ -174,7 +174,8 @@ def supernet_extract(
 
     loaded = load_supernet(_checkpoint(checkpoint))
     model = loaded.model.extract_subnet(load_subnet(subnet, loaded.model.space))
-    save_subtransformer(out, model, loaded.tokenizer)
+    save_subtransformer(out, model, loaded.tokenizer,
+                        provenance={"weights": "inherited", "steps": loaded.step, "supernet": str(loaded.path)})
     params = sum(p.numel() for p in model.parameters())
     console.print(f"wrote {out}: {params / 1e6:.2f}M parameters (the supernet has "
                   f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.2f}M)")
