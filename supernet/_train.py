@@ -31,9 +31,19 @@ from torch import nn
 from hwnas.exceptions import CheckpointError, TrainingError
 from hwnas.io import atomic_write
 from hwnas.search_spaces import SearchSpace, SubnetConfig
-from hwnas.supernet._checkpoint import read_checkpoint, save_checkpoint
-from hwnas.supernet._data import DataSpec, TokenPairs, collate, epoch_order, load_tokenizer, make_batches
+from hwnas.supernet._checkpoint import load_supernet, read_checkpoint, save_checkpoint
+from hwnas.supernet._data import (
+    DataSpec,
+    TokenPairs,
+    collate,
+    encode_corpus,
+    epoch_order,
+    load_tokenizer,
+    make_batches,
+    train_tokenizer,
+)
 from hwnas.supernet._model import ModelConfig, SubTransformer, init_weights
+from hwnas.supernet._prepared import PreparedData
 from hwnas.supernet._super import SuperTransformer
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -204,9 +214,6 @@ def _progress(console: Console) -> Progress:
 
 def open_train_data(spec: DataSpec, tok: Tokenizer) -> TokenPairs:
     """The training split as token ids: memory-mapped when prepared, else encoded here."""
-    from hwnas.supernet._data import encode_corpus
-    from hwnas.supernet._prepared import PreparedData
-
     if spec.kind == "prepared":
         return PreparedData.open(spec.directory or ".").split("train")
     return encode_corpus(tok, spec.load("train"))
@@ -249,8 +256,6 @@ def build_model(task: TrainTask, space: SearchSpace, mc: ModelConfig) -> nn.Modu
         model = SubTransformer(cfg, mc)
         init_weights(model, mc.pad_id)
         return model
-    from hwnas.supernet._checkpoint import load_supernet
-
     inherited = load_supernet(task.init_from).model.extract_subnet(cfg)  # weights as the search scored them
     model = SubTransformer(cfg, mc)  # this run's dropout
     model.load_state_dict(inherited.state_dict())
@@ -386,9 +391,6 @@ def read_result(path: Path) -> TrainResult:
 
 def task_tokenizer(spec: DataSpec, out: Path, vocab_size: int, *, resume: bool) -> str:
     """The tokenizer of a run: the checkpoint's when resuming, a prepared data set's, else trained now."""
-    from hwnas.supernet._data import train_tokenizer
-    from hwnas.supernet._prepared import PreparedData
-
     path = out / "checkpoint.pt"
     if resume and path.exists():
         return str(read_checkpoint(path)["tokenizer"])
@@ -458,7 +460,7 @@ def run(task: TrainTask, *, device: str = "cpu", resume: bool = True, progress: 
         dev = resolve_device(device)
         check_precision(task.config.precision, dev)
         return run_here(task, device=dev, resume=resume, progress=progress, on_step=on_step)
-    from hwnas.supernet._distributed import run_distributed
+    from hwnas.supernet._distributed import run_distributed  # imports this module: a cycle at the top
 
     return run_distributed(task, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
                            address=address, progress=progress)
