@@ -6,6 +6,7 @@ Errors from hwnas reach the user as one line and exit code 2.
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -21,6 +22,22 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="Hardware-aware neural architecture search for Transformers (HAT).")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"hwnas {version('hwnas')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print hwnas's version and exit")] = False) -> None:
+    """Hardware-aware neural architecture search for Transformers (HAT)."""
+
+
 app.add_typer(spaces_app, name="spaces")
 app.add_typer(supernet_app, name="supernet")
 app.add_typer(data_app, name="data")

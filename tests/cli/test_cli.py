@@ -162,3 +162,10 @@ def test_data_prepare_and_bad_training_options(tmp_path: Path, bible_dir: Path) 
     assert_clean_error(hwnas("supernet", "train", "--precision", "fp16", "--device", "cpu", "--data",
                              f"prepared:{out}", "--out", str(tmp_path / "run")), "fp16 training needs a CUDA device")
     assert not (tmp_path / "run").exists()
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    r = hwnas("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"hwnas {version('hwnas')}"
