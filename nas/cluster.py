@@ -29,9 +29,11 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None) -> None
         if address:
             ray.init(address=address, log_to_driver=False)
         else:
-            # a small object store: actors exchange subnet configs and scores, never tensors
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     object_store_memory=256 * 1024 * 1024)
+            # 'local' starts a new instance: a plain ray.init() would join whatever cluster Ray's current-cluster
+            # file names (a killed head leaves it behind), and refuses resource arguments when it does.
+            # A small object store: actors exchange subnet configs and scores, never tensors.
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     log_to_driver=False, object_store_memory=256 * 1024 * 1024)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"Ray cluster at '{address}'" if address else "a local Ray"
         raise ClusterError(f"cannot start or join {where}: {str(e).splitlines()[0]}") from e
