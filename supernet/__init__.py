@@ -41,6 +41,7 @@ from hwnas.supernet._train import (
     TrainConfig,
     TrainResult,
     TrainTask,
+    precision_context,
     train_supernet,
 )
 from hwnas.supernet._train import run as run_training
@@ -54,6 +55,7 @@ __all__ = [
     "Recipe",
     "SCHEDULES",
     "TrainTask",
+    "precision_context",
     "make_batches",
     "run_distributed",
     "run_training",

@@ -17,7 +17,16 @@ from rich.console import Console
 
 from hwnas.cluster import check_placement, init_ray, worker_resources
 from hwnas.exceptions import TrainingError
-from hwnas.supernet._train import Rank, TrainResult, TrainTask, _progress, read_result, run_task, write_result
+from hwnas.supernet._train import (
+    Rank,
+    TrainResult,
+    TrainTask,
+    _progress,
+    check_precision,
+    read_result,
+    run_task,
+    write_result,
+)
 
 RESULT_FILE = "last_run.json"
 
@@ -53,9 +62,7 @@ def run_distributed(task: TrainTask, *, gpus_per_worker: float = 0.0, cpus_per_w
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Empty, Queue
 
-    if task.config.precision == "fp16" and not gpus_per_worker:
-        raise TrainingError("fp16 training needs a CUDA device (its loss scaling is CUDA's); use bf16 on CPU, "
-                            "or give the workers GPUs (--gpus-per-worker)")
+    check_precision(task.config.precision, "cuda" if gpus_per_worker else "cpu")
     init_ray(address)
     if cpus_per_worker is None:  # share this machine's (or the cluster's) CPUs evenly
         cpus_per_worker = max(1, int(ray.cluster_resources().get("CPU", 1)) // task.workers)

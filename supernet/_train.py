@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,14 @@ def resolve_device(device: str) -> str:
 
 def check_precision(precision: str, device: str) -> None:
     if precision == "fp16" and device != "cuda":
-        raise TrainingError("fp16 training needs a CUDA device (its loss scaling is CUDA's); use bf16 on CPU")
+        raise TrainingError("fp16 training needs a CUDA device (its loss scaling is CUDA's); use bf16 on CPU, or "
+                            "give data-parallel workers GPUs (--gpus-per-worker)")
+
+
+def precision_context(precision: str, device: str | torch.device) -> AbstractContextManager[Any]:
+    """Autocast to `precision`'s dtype on `device` (training and scoring alike); fp32 runs as it is."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(torch.device(device).type, dtype=dtype) if dtype else nullcontext()
 
 
 def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, eps: float) -> tuple[torch.Tensor, int]:
@@ -284,7 +291,6 @@ def run_task(task: TrainTask, where: Rank = Rank(), *, on_update: OnUpdate | Non
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     step, epoch, pos, history = 0, 0, 0, []
     if state is not None:
         model.load_state_dict(state["model"])
@@ -311,8 +317,7 @@ def run_task(task: TrainTask, where: Rank = Rank(), *, on_update: OnUpdate | Non
                 old.unlink()
 
     def forward(src: torch.Tensor, tgt_in: torch.Tensor, sub: SubnetConfig | None) -> torch.Tensor:
-        ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
-        with ctx:
+        with precision_context(cfg.precision, device):
             return model(src, tgt_in, sub) if task.kind == "supernet" else model(src, tgt_in)
 
     model.train()
@@ -395,7 +400,7 @@ def task_tokenizer(spec: DataSpec, out: Path, vocab_size: int, *, resume: bool) 
     if resume and path.exists():
         return str(read_checkpoint(path)["tokenizer"])
     if spec.kind == "prepared":
-        return PreparedData.open(spec.directory or ".").tokenizer_json
+        return PreparedData.open(spec.directory or ".", verify=False).tokenizer_json  # run_task verifies
     return str(train_tokenizer(spec.load("train"), vocab_size).to_str())
 
 

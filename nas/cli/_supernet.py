@@ -48,12 +48,6 @@ def spaces_show(name: Annotated[str, typer.Argument(help="A shipped space, or a 
 
 
 # -- supernet ----------------------------------------------------------------------------
-def _train_options(values: dict[str, Any]) -> dict[str, Any]:
-    """CLI names -> TrainConfig fields, None for 'not given' (the recipe's value stays)."""
-    rename = {"warmup": "warmup_steps"}
-    return {rename.get(k, k): v for k, v in values.items()}
-
-
 Opt = typer.Option
 Device = Annotated[str, Opt(help="auto (CUDA when present), cpu or cuda; data-parallel workers use what Ray "
                                  "gives them")]
@@ -109,9 +103,9 @@ def supernet_train(
     space_obj = get_space(space)
     spec = DataSpec.parse(data)
     out = out or settings().supernet_dir(space, str(spec))
-    overrides = _train_options(dict(steps=steps, max_tokens=max_tokens, update_freq=update_freq, lr=lr,
-                                    schedule=schedule, warmup=warmup, dropout=dropout, vocab_size=vocab_size,
-                                    precision=precision, sandwich=sandwich, seed=seed))
+    overrides: dict[str, Any] = dict(  # None: not given, the recipe's (or the default) value stays
+        steps=steps, max_tokens=max_tokens, update_freq=update_freq, lr=lr, schedule=schedule, warmup_steps=warmup,
+        dropout=dropout, vocab_size=vocab_size, precision=precision, sandwich=sandwich, seed=seed)
     if recipe:
         cfg = get_recipe(recipe, space_obj.name).config(workers=workers, **overrides)
     else:

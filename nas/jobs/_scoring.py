@@ -8,7 +8,6 @@ candidate retried; a candidate that keeps failing comes back as an error, never 
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
 import math
 import os
@@ -26,7 +25,7 @@ from hwnas.exceptions import HwnasError
 from hwnas.jobs._spec import FitnessConfig
 from hwnas.search import Evaluation
 from hwnas.search_spaces import SubnetConfig
-from hwnas.supernet import DataSpec, bleu, corpus_loss, load_supernet, read_checkpoint, translate
+from hwnas.supernet import DataSpec, bleu, corpus_loss, load_supernet, precision_context, read_checkpoint, translate
 
 OnResult = Callable[[int, "Score"], None]
 
@@ -59,14 +58,12 @@ class Scorer:
         self.fitness, self.device = fitness, device
         self.supernet = load_supernet(checkpoint)
         self.supernet.model.to(device)
-        self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(fitness.precision)
         corpus = DataSpec.parse(self.supernet.data).load("valid")
         self.corpus = corpus.head(fitness.valid_sentences) if fitness.valid_sentences else corpus
 
     def score(self, subnet: SubnetConfig) -> Score:
         start = time.perf_counter()
-        autocast = (torch.autocast(torch.device(self.device).type, dtype=self._dtype) if self._dtype
-                    else contextlib.nullcontext())
+        autocast = precision_context(self.fitness.precision, self.device)
         try:
             view = self.supernet.model.subnet(subnet)
             with autocast:

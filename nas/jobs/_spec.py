@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 from hwnas.exceptions import SearchError
+from hwnas.supernet import INITS, PRECISIONS
 
 __all__ = ["ACTIVE", "JOB_STATUSES", "RESUMABLE", "TERMINAL", "ExportStatus", "FitnessConfig", "FitnessMetric",
            "JobProgress", "JobStatus", "PredictorPin", "ProgressCallback", "RetrainSpec", "SearchSpec"]
@@ -40,7 +41,7 @@ class FitnessConfig:
     def __post_init__(self) -> None:
         if self.metric not in get_args(FitnessMetric):
             raise SearchError(f"fitness metric must be 'loss' or 'bleu', got {self.metric!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
+        if self.precision not in PRECISIONS:
             raise SearchError(f"fitness precision must be fp32, bf16 or fp16, got {self.precision!r}")
         if (self.valid_sentences is not None and self.valid_sentences < 1) or self.max_tokens < 16 or self.beam < 1:
             raise SearchError("fitness needs valid_sentences >= 1 (or None), max_tokens >= 16 and beam >= 1")
@@ -62,7 +63,7 @@ class RetrainSpec:
     beam: int = 4
 
     def __post_init__(self) -> None:
-        if self.init not in ("scratch", "inherited"):
+        if self.init not in INITS:
             raise SearchError(f"retrain init must be 'scratch' or 'inherited', got {self.init!r}")
         if self.steps < 1 or self.average_last < 1 or self.checkpoint_every < 1 or self.beam < 1:
             raise SearchError("retraining needs steps, average_last, checkpoint_every and beam >= 1")
