@@ -7,6 +7,9 @@ threads pinned), side by side in one run; the JSON holds raw runs and ratios.
     python bench/latency.py cpu [--tuning-dir DIR]     # this CPU -> bench/results/latency-cpu.json
     python bench/latency.py build-gpu --libs DIR         # CUDA libraries for sm_90, built here (no GPU needed)
     python bench/latency.py gpu --libs DIR --out FILE    # on a GPU machine: TVM (runtime only) vs torch CUDA
+    python bench/latency.py gpu-tuned --tuning-dir DIR   # on a GPU machine with hwnas installed: TVM built with
+                                                         # its CUDA tuning database vs torch eager on the GPU
+                                                         # -> bench/results/latency-gpu-tuned.json
 """
 
 from __future__ import annotations
@@ -115,6 +118,36 @@ def run_gpu(args: argparse.Namespace) -> None:
         "subnets": rows, "command": "python bench/latency.py " + " ".join(sys.argv[1:])})
 
 
+def run_gpu_tuned(args: argparse.Namespace) -> None:
+    """Side by side on this machine's GPU: TVM (built here with the tuning database) and torch eager."""
+    import torch
+
+    from hwnas.kernels import BuildInput, build_one, count_tuning_records
+    from hwnas.latency import RunInput, TorchRunner, TVMLocalRunner, builtin_device
+
+    gpu = builtin_device("local-gpu")
+    mc = ModelConfig(vocab_size=VOCAB, qkv_dim=get_space(args.space).qkv_dim)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cfg in subnets(args.space).items():
+            row: dict[str, Any] = {"subnet": cfg.to_dict()}
+            for label, tuning in (("tvm_untuned", None), ("tvm", args.tuning_dir)):
+                b = BuildInput(cfg, mc, gpu.target, tuning_dir=tuning)
+                row[label] = summary(TVMLocalRunner().run([RunInput(b, build_one(b, f"{tmp}/{name}-{label}"))],
+                                                          PROTOCOL)[0], 30)
+            row["torch"] = summary(TorchRunner(device="cuda").run([RunInput(b)], PROTOCOL)[0], 30)
+            if "latency_ms" in row["tvm"] and "latency_ms" in row["torch"]:
+                row["tvm_vs_torch"] = row["tvm"]["latency_ms"] / row["torch"]["latency_ms"]
+            rows[name] = row
+            print(name, {k: v.get("latency_ms", v.get("error")) for k, v in row.items() if isinstance(v, dict)
+                         and k != "subnet"}, flush=True)
+    write(args.out or RESULTS / "latency-gpu-tuned.json", {
+        "benchmark": "latency", "device": torch.cuda.get_device_name(0), "target": gpu.target, "space": args.space,
+        "tuned": bool(args.tuning_dir), "tuning_records": count_tuning_records(args.tuning_dir) if args.tuning_dir
+        else 0, "protocol": PROTOCOL.to_dict(), "fingerprint": gpu.fingerprint, "torch": torch.__version__,
+        "subnets": rows, "command": "python bench/latency.py " + " ".join(sys.argv[1:])})
+
+
 def write(path: Path, report: dict[str, Any]) -> None:
     from hwnas.io import atomic_write
 
@@ -124,7 +157,7 @@ def write(path: Path, report: dict[str, Any]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["cpu", "build-gpu", "gpu"])
+    ap.add_argument("mode", choices=["cpu", "build-gpu", "gpu", "gpu-tuned"])
     ap.add_argument("--space", default="quickstart")
     ap.add_argument("--tuning-dir", default=None)
     ap.add_argument("--threads", type=int, default=None)
@@ -133,7 +166,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     np.set_printoptions(precision=3)
-    {"cpu": run_cpu, "build-gpu": build_gpu, "gpu": run_gpu}[args.mode](args)
+    {"cpu": run_cpu, "build-gpu": build_gpu, "gpu": run_gpu, "gpu-tuned": run_gpu_tuned}[args.mode](args)
 
 
 if __name__ == "__main__":

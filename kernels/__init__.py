@@ -13,6 +13,7 @@ from hwnas.kernels._build import (
     TVMBuilder,
     build_one,
     compile_module,
+    cuda_target,
     export_relax,
     host_target,
     make_target,
@@ -29,11 +30,13 @@ from hwnas.kernels._onnx import (
 )
 from hwnas.kernels._target import COMPILER_OPTIONS, TARGET_CHECK_TIMEOUT_S, TARGET_OPTIONS, check_target
 from hwnas.kernels._tune import (
+    TUNING_EVALUATOR,
     TUNING_RECORDS,
     TaskReport,
     TuneReport,
     count_tuning_records,
     covering_subnets,
+    rpc_tuning_runner,
     tune_space,
 )
 
@@ -43,6 +46,7 @@ __all__ = [
     "TARGET_OPTIONS",
     "DECODER_STEP",
     "ENCODER",
+    "TUNING_EVALUATOR",
     "TUNING_RECORDS",
     "BuildInput",
     "BuildResult",
@@ -57,6 +61,7 @@ __all__ = [
     "compile_module",
     "count_tuning_records",
     "covering_subnets",
+    "cuda_target",
     "example_inputs",
     "export_onnx",
     "export_relax",
@@ -69,6 +74,7 @@ __all__ = [
     "onnx_sessions",
     "quiet_tracer",
     "random_inputs",
+    "rpc_tuning_runner",
     "subnet_model",
     "tune_space",
 ]

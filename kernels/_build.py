@@ -56,6 +56,20 @@ def host_target() -> dict[str, Any]:
     return {"kind": "llvm", "mcpu": str(tvm.target.codegen.llvm_get_system_cpu()), "num-cores": os.cpu_count() or 1}
 
 
+def cuda_target(device_id: int = 0) -> dict[str, Any] | None:
+    """This machine's GPU as a TVM target, its arch and limits read from the device (MetaSchedule's GPU rules
+    need them), or None when it has no CUDA device."""
+    import torch
+
+    if not torch.cuda.is_available():  # checked first: loading TVM's CUDA runtime needs a driver
+        return None
+    props = torch.cuda.get_device_properties(device_id)
+    return {"kind": "cuda", "arch": f"sm_{props.major}{props.minor}", "max_threads_per_block": 1024,
+            "max_shared_memory_per_block": 48 * 1024,  # per block without opting in to more: CUDA's static limit
+            "thread_warp_size": 32, "registers_per_block": 65536,
+            "l2_cache_size_bytes": int(getattr(props, "L2_cache_size", 0)) or 50 * 2**20}
+
+
 @dataclasses.dataclass(frozen=True)
 class BuildInput:
     """What to build. Weights are random (seeded) unless `weights` names a saved SubTransformer:

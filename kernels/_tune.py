@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from hwnas.exceptions import MeasurementError
 from hwnas.kernels._build import DECODER_STEP, ENCODER, export_relax, make_target, prepare
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import ModelConfig, SubTransformer, init_weights
@@ -73,7 +74,7 @@ class TuneReport:
     tasks: list[TaskReport]
     trials: int
     seconds: float
-    peak_gflops: float
+    peak_gflops: float | None  # this CPU's, measured when it tuned here; None for a board or a GPU
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,7 +86,28 @@ def _fast_build(mod: Any, target: Any, _params: Any) -> Any:
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    if target.kind.name == "cuda":  # kernels compiled by nvcc for the target's arch, as compile_module does
+        import tvm.support.nvcc  # noqa: F401 - registers the compile callback
+
+        os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
     return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+# How a candidate kernel is timed, on this machine or a board: 3 calls per run, runs repeated to 50 ms at least.
+TUNING_EVALUATOR = {"number": 3, "repeat": 1, "min_repeat_ms": 50, "enable_cpu_cache_flush": False}
+
+
+def rpc_tuning_runner(*, tracker_host: str, tracker_port: int, key: str, boards: int,
+                      session_timeout_s: float = 120.0) -> Any:
+    """MetaSchedule's RPC runner: candidates built (cross-compiled) here, timed on the boards of `key`, one
+    candidate per board at a time. A session lives at most `session_timeout_s`: a candidate that hangs a board,
+    or a board that vanishes, is one failed trial."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.runner.RPCRunner(
+        rpc_config=ms.runner.RPCConfig(tracker_host=tracker_host, tracker_port=tracker_port, tracker_key=key,
+                                       session_timeout_sec=int(session_timeout_s)),
+        evaluator_config=ms.runner.EvaluatorConfig(**TUNING_EVALUATOR), max_workers=boards)
 
 
 def measured_peak_gflops(threads: int | None = None, size: int = 1024) -> float:
@@ -156,10 +178,17 @@ def count_tuning_records(work_dir: str | Path) -> int:
 
 def tune_space(*, space: SearchSpace, mc: ModelConfig, target: dict[str, Any], work_dir: str | Path, trials: int,
                decode_steps: int, num_trials_per_iter: int = 8, builder_timeout_s: float = 120.0,
-               seed: int = 0) -> TuneReport:
-    """Spend `trials` more MetaSchedule trials on the space's workloads; the database grows in `work_dir`."""
+               seed: int = 0, runner: Any | None = None) -> TuneReport:
+    """Spend `trials` more MetaSchedule trials on the space's workloads; the database grows in `work_dir`.
+
+    Candidates are timed by `runner` (a MetaSchedule runner, e.g. `rpc_tuning_runner` for a board), or on this
+    machine when None; only then is the report's peak measured (this CPU's SGEMM).
+    """
     from tvm.s_tir import meta_schedule as ms
 
+    if target.get("kind") == "llvm" and "num-cores" not in target:  # else a TVM InternalError minutes later
+        raise MeasurementError(f"cannot tune for {json.dumps(target)}: a CPU target needs 'num-cores' "
+                               f"(MetaSchedule splits parallel loops by it)")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     tgt = make_target(target)
@@ -178,13 +207,15 @@ def tune_space(*, space: SearchSpace, mc: ModelConfig, target: dict[str, Any], w
             extracted_tasks=[t for t, _ in tunable], work_dir=str(work), seed=seed)
     builder = ms.builder.LocalBuilder(f_build=_fast_build, timeout_sec=builder_timeout_s,
                                       max_workers=max(1, (os.cpu_count() or 2) // 2))
-    runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
-        number=3, repeat=1, min_repeat_ms=50, enable_cpu_cache_flush=False))
+    here = runner is None
+    if runner is None:
+        runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(**TUNING_EVALUATOR))
     if trials > 0:
         ms.tune_tasks(tasks=contexts, task_weights=[w for _, w in tunable], work_dir=str(work),
                       max_trials_global=trials, num_trials_per_iter=num_trials_per_iter, builder=builder,
                       runner=runner, database=database, task_scheduler="gradient")
-    peak = measured_peak_gflops()
+    # A board's or a GPU's peak is not this CPU's: their reports give GFLOP/s without a fraction of peak.
+    peak = measured_peak_gflops() if here and tgt.kind.name == "llvm" else None
     with tgt:
         report = task_reports(database, extracted, peak)
     meta = {"space": space.name, "target": target, "model_config": dataclasses.asdict(mc),
@@ -234,7 +265,7 @@ def _has_search_space(task: Any) -> bool:
     return _flops(task) != 0
 
 
-def task_reports(database: Any, extracted: list[tuple[Any, float]], peak_gflops: float) -> list[TaskReport]:
+def task_reports(database: Any, extracted: list[tuple[Any, float]], peak_gflops: float | None) -> list[TaskReport]:
     """Best measured time and GFLOP/s of each task, from the database."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
@@ -249,6 +280,6 @@ def task_reports(database: Any, extracted: list[tuple[Any, float]], peak_gflops:
             flops = float(estimate_tir_flops(mod))
             best_us = secs * 1e6
             gflops = flops / secs / 1e9 if flops > 0 else None
-            frac = gflops / peak_gflops if gflops else None
+            frac = gflops / peak_gflops if gflops and peak_gflops else None
         out.append(TaskReport(task.task_name, weight, trials, best_us, gflops, frac))
     return sorted(out, key=lambda r: -(r.weight * (r.best_us or 0)))

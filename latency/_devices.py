@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from hwnas.exceptions import MeasurementError
-from hwnas.kernels import host_target
+from hwnas.kernels import cuda_target, host_target
 from hwnas.latency._protocol import MeasureConfig
 
 DeviceKind = Literal["cpu", "gpu", "iot"]
@@ -282,14 +282,32 @@ def local_cpu_profile(*, threads: int | None = None) -> DeviceProfile:
                          protocol=MeasureConfig(threads=threads or cores, passes=LOCAL_PASSES, reference=True))
 
 
+def local_gpu_profile() -> DeviceProfile | None:
+    """The built-in `local-gpu` device where this machine has a CUDA device: TVM's CUDA kernels (tuned with
+    `hwnas kernels tune --device local-gpu`), timed by TVM's on-device timer in passes like the CPU's (a GPU's
+    clocks vary too), no CPU threads pinned. None without a GPU."""
+    target = cuda_target()
+    if target is None:
+        return None
+    fp = dict(local_fingerprint(), gpu_model=_gpu_model())
+    return DeviceProfile(name="local-gpu", kind="gpu", target=target, runtime="tvm", fingerprint=fp,
+                         protocol=MeasureConfig(passes=LOCAL_PASSES, reference=True))
+
+
 @functools.cache  # the fingerprint is probed once per process
 def builtin_devices() -> dict[str, DeviceProfile]:
     """Profiles that need no registration: this machine's CPU through TVM, through PyTorch eager and through
-    ONNX Runtime (what ONNX bundles deploy with), each under the same protocol."""
+    ONNX Runtime (what ONNX bundles deploy with), each under the same protocol; where a CUDA device is present,
+    its GPU through TVM (`local-gpu`) and through PyTorch eager (`local-gpu-torch`)."""
     cpu = local_cpu_profile()
-    return {cpu.name: cpu,
-            "local-cpu-torch": dataclasses.replace(cpu, name="local-cpu-torch", runtime="torch"),
-            "local-cpu-ort": dataclasses.replace(cpu, name="local-cpu-ort", runtime="onnxruntime")}
+    devices = {cpu.name: cpu,
+               "local-cpu-torch": dataclasses.replace(cpu, name="local-cpu-torch", runtime="torch"),
+               "local-cpu-ort": dataclasses.replace(cpu, name="local-cpu-ort", runtime="onnxruntime")}
+    gpu = local_gpu_profile()
+    if gpu is not None:
+        devices[gpu.name] = gpu
+        devices["local-gpu-torch"] = dataclasses.replace(gpu, name="local-gpu-torch", runtime="torch")
+    return devices
 
 
 def builtin_device(name: str) -> DeviceProfile:

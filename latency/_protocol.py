@@ -109,12 +109,14 @@ class RunResult:
     """Raw timings of one subnet on one device, or the error that stopped it (never both).
 
     The timings are in run order; with `MeasureConfig.passes > 1` that is pass 1's runs, then
-    pass 2's, ... The figures take the pass count as an argument (the protocol's).
+    pass 2's, ... The figures take the pass count as an argument (the protocol's). A remote device's
+    result names the board that timed it (`board`), failures included where one was reached.
     """
 
     encoder_ms: tuple[float, ...] | None = None
     decoder_step_ms: tuple[float, ...] | None = None
     error: str | None = None
+    board: str | None = None  # which board of a remote device ran it ("HOST:PORT" of its RPC server)
 
     def __post_init__(self) -> None:
         timed = self.encoder_ms is not None and self.decoder_step_ms is not None

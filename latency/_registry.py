@@ -303,7 +303,8 @@ class SQLMeasurementStore(MeasurementStore):
                 encoder_ms=list(r.encoder_ms) if r.encoder_ms else None,
                 decoder_step_ms=list(r.decoder_step_ms) if r.decoder_step_ms else None,
                 latency_ms=record.latency_ms() if r.ok else None,
-                latency_cv=record.latency_cv() if r.ok else None, reference_ms=record.reference_ms))
+                latency_cv=record.latency_cv() if r.ok else None, reference_ms=record.reference_ms,
+                board=r.board))
 
     def records(self, *, device: str, space: str, revision: int | None = None, model_key: str | None = None,
                 protocol_key: str | None = None, tuning_key: str | None = None) -> list[MeasurementRecord]:
@@ -315,7 +316,7 @@ class SQLMeasurementStore(MeasurementStore):
         return [MeasurementRecord(device, space, SubnetConfig.from_dict(m.subnet), MeasureConfig.from_dict(m.protocol),
                                   m.tuning_key, RunResult(tuple(m.encoder_ms) if m.encoder_ms else None,
                                                           tuple(m.decoder_step_ms) if m.decoder_step_ms else None,
-                                                          m.error), m.reference_ms, model_key=m.model_key,
+                                                          m.error, m.board), m.reference_ms, model_key=m.model_key,
                                   revision=number)
                 for m, number in rows]
 

@@ -12,7 +12,7 @@ With `MeasureConfig.passes > 1` the local runners interleave the batch: one work
 keeps every subnet of the `run` call loaded and times pass 1 of each, then pass 2 of each,
 ... (one worker call, and one timeout, per subnet and pass), so a slow spell of a shared CPU
 lands on all subnets of the batch rather than on one. The RPC runner times the passes of a
-subnet back to back (not interleaved).
+subnet back to back (not interleaved), on one board, the boards of a farm in parallel.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from hwnas.kernels import (
     random_inputs,
     subnet_model,
 )
-from hwnas.latency._devices import parse_tracker
 from hwnas.latency._protocol import MeasureConfig, RunResult
+from hwnas.latency._rpc import request_board, tracker_boards
 from hwnas.search_spaces import SubnetConfig
 from hwnas.supernet import ModelConfig
 
@@ -437,67 +437,129 @@ class OrtRunner(_PooledRunner):
         return (item.build, protocol)
 
 
-def check_tracker(tracker: str, key: str, *, timeout_s: float = 5.0) -> None:
-    """Fail fast, with one clear line, when the tracker is unreachable or knows no server with `key`."""
-    import socket
+def check_tracker(tracker: str, key: str, *, timeout_s: float = 5.0) -> list[str]:
+    """The boards of `key` at the tracker; one clear line when the tracker is unreachable or has none."""
+    return tracker_boards(tracker, key, timeout_s=timeout_s)
 
-    host, port = parse_tracker(tracker)
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            pass
-    except OSError as e:
-        raise MeasurementError(f"cannot reach TVM RPC tracker {host}:{port}: {e.strerror or e}") from e
-    from tvm import rpc
 
-    summary = rpc.connect_tracker(host, port).summary()
-    keys = set(summary.get("queue_info", {}))
-    if key not in keys:
-        raise MeasurementError(f"TVM RPC tracker {host}:{port} has no device with key '{key}' "
-                               f"(keys: {', '.join(sorted(keys)) or 'none'}); start one with "
-                               f"`hwnas devices serve --tracker {host}:{port} --key {key}`")
+# What an RPC measurement sends back from its worker: ("ok", (encoder_ms, decoder_step_ms), board),
+# ("error", message, board) or ("lost", message, board) when the board vanished from the tracker meanwhile.
+_RPCOutcome = tuple[str, Any, str | None]
 
 
 def _measure_rpc(artifact: str, protocol: MeasureConfig, tracker: str, key: str,
-                 session_timeout_s: float) -> tuple[list[float], list[float]]:
-    """Upload the library to a server of `key`, time both functions there with TVM's on-device timer."""
+                 session_timeout_s: float) -> _RPCOutcome:
+    """Upload the library to the next free board of `key`, time both functions there with TVM's on-device
+    timer; failures as data, naming the board."""
     import tvm
-    from tvm import rpc
     from tvm.runtime.vm import VirtualMachine
 
     meta = json.loads((Path(artifact) / "meta.json").read_text())
-    host, port = parse_tracker(tracker)
-    remote = rpc.connect_tracker(host, port).request(key, priority=1, session_timeout=session_timeout_s)
-    remote.upload(str(Path(artifact) / meta["library"]))
-    lib = remote.load_module(meta["library"])
-    dev = remote.cuda(0) if meta["target"].get("kind") == "cuda" else remote.cpu(0)
-    if protocol.threads:
-        remote.get_function("runtime.config_threadpool")(1, protocol.threads)
-    vm = VirtualMachine(lib, dev)
-    return _time_tvm(vm, dev, meta, protocol, lambda a: tvm.runtime.tensor(a, device=dev))
+    try:
+        remote, board = request_board(tracker, key, session_timeout_s=session_timeout_s,
+                                      wait_s=session_timeout_s)
+    except (MeasurementError, RuntimeError, OSError) as e:
+        return "error", _describe(e), None
+    try:
+        remote.upload(str(Path(artifact) / meta["library"]))
+        lib = remote.load_module(meta["library"])
+        dev = remote.cuda(0) if meta["target"].get("kind") == "cuda" else remote.cpu(0)
+        if protocol.threads:
+            remote.get_function("runtime.config_threadpool")(1, protocol.threads)
+        vm = VirtualMachine(lib, dev)
+        return "ok", _time_tvm(vm, dev, meta, protocol, lambda a: tvm.runtime.tensor(a, device=dev)), board
+    except Exception as e:  # boundary: TVM's RPC raises its own errors; the board may be gone
+        if _still_there(tracker, key, board):
+            return "error", f"on board {board}: {_describe(e)}", board
+        return "lost", f"board {board} vanished mid-measurement ({_describe(e)})", board
 
 
-class RPCRunner(_PooledRunner):
-    """A device registered at a TVM RPC tracker under `key` (a Raspberry Pi, a phone, another host).
+def _still_there(tracker: str, key: str, board: str, *, checks: int = 3, interval_s: float = 0.5) -> bool:
+    """Whether `board` is still registered under `key`: the tracker drops a board whose connection closed, a
+    moment after its sessions broke, so a failure is blamed on the board only if it stays listed."""
+    for _ in range(checks):
+        time.sleep(interval_s)
+        try:
+            if board not in tracker_boards(tracker, key):
+                return False
+        except MeasurementError:
+            return False
+    return True
 
-    The library is uploaded per measurement; the session lives at most `session_timeout_s`, so a
-    hung device costs one record (HAT's users saw sessions hang under emulation).
+
+class RPCRunner(Runner):
+    """A device registered at a TVM RPC tracker under `key`: one board (a Raspberry Pi, a phone, another host)
+    or a farm of alike boards under one key.
+
+    Each board times one subnet at a time, all boards at once (one worker process per board, each with a
+    timeout); every result names its board. A board that vanishes mid-measurement costs only that subnet's
+    attempt: it is retried on another board, up to `attempts` tries in all, and fails as data after that or
+    when no board of the key is left. The library is uploaded per measurement; a session lives at most
+    `session_timeout_s`, so a hung board costs one record (HAT's users saw sessions hang under emulation).
+    The passes of a subnet are timed back to back, on one board.
     """
 
     name = "tvm-rpc"
 
-    def __init__(self, *, tracker: str, key: str, timeout_s: float = 300.0, session_timeout_s: float = 240.0):
-        super().__init__(timeout_s=timeout_s)
-        self.tracker, self.key, self.session_timeout_s = tracker, key, session_timeout_s
-
-    def _job(self) -> Callable[..., tuple[list[float], list[float]]]:
-        return _measure_rpc
-
-    def _args(self, item: RunInput, protocol: MeasureConfig) -> tuple[Any, ...]:
-        if item.artifact is None:
-            raise ValueError("RPCRunner needs built artifacts (RunInput.artifact)")
-        return (item.artifact, protocol, self.tracker, self.key, self.session_timeout_s)
+    def __init__(self, *, tracker: str, key: str, timeout_s: float = 300.0, session_timeout_s: float = 240.0,
+                 attempts: int = 2):
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        self.tracker, self.key, self.timeout_s = tracker, key, timeout_s
+        self.session_timeout_s, self.attempts = session_timeout_s, attempts
 
     def run(self, inputs: Sequence[RunInput], protocol: MeasureConfig) -> list[RunResult]:
-        check_tracker(self.tracker, self.key)  # a setup error is one clear error, not N failed records
-        return super().run(inputs, protocol)
+        from concurrent.futures import FIRST_COMPLETED, Future, wait
 
+        from tvm.support.popen_pool import PopenPoolExecutor
+
+        boards = len(check_tracker(self.tracker, self.key))  # a setup error is one clear error, not N records
+        if any(item.artifact is None for item in inputs):
+            raise ValueError("RPCRunner needs built artifacts (RunInput.artifact)")
+        results: list[RunResult | None] = [None] * len(inputs)
+        tries = [0] * len(inputs)
+        todo = list(range(len(inputs)))
+        pool = PopenPoolExecutor(max_workers=max(1, min(boards, len(inputs))), timeout=self.timeout_s,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        running: dict[Future[_RPCOutcome], int] = {}
+        try:
+            while todo or running:
+                while todo and len(running) < boards:  # one subnet per board: no session waits for a board
+                    i = todo.pop(0)
+                    tries[i] += 1
+                    running[pool.submit(_measure_rpc, inputs[i].artifact, protocol, self.tracker, self.key,
+                                        self.session_timeout_s)] = i
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = running.pop(fut)
+                    try:
+                        status, payload, board = fut.result()
+                    except TimeoutError:
+                        results[i] = _failed(f"measurement timed out after {self.timeout_s:.0f} s")
+                        continue
+                    except Exception as e:  # the worker died: this input failed, the batch goes on
+                        results[i] = _failed(_describe(e))
+                        continue
+                    if status == "ok":
+                        enc, dec = payload
+                        results[i] = RunResult(encoder_ms=tuple(enc), decoder_step_ms=tuple(dec), board=board)
+                        continue
+                    if status == "lost":
+                        boards = self._boards_left()
+                        if tries[i] < self.attempts and boards:
+                            todo.insert(0, i)  # on another board: the vanished one left the tracker
+                            continue
+                    results[i] = RunResult(error=str(payload)[:2000], board=board)
+                if not boards and todo:  # every board of the key vanished: the rest cannot be measured
+                    for i in todo:
+                        results[i] = _failed(f"no board with key '{self.key}' is left at tracker {self.tracker}")
+                    todo = []
+        finally:
+            pool.shutdown(wait=True)
+        return cast(list[RunResult], results)  # every slot is filled: each input ends in exactly one branch
+
+    def _boards_left(self) -> int:
+        try:
+            return len(tracker_boards(self.tracker, self.key))
+        except MeasurementError:
+            return 0

@@ -50,8 +50,10 @@ def kernels_tune(
         table.add_row(t.name[:48], f"{t.weight:g}", str(t.trials), f"{t.best_us:.1f}" if t.best_us else "-",
                       f"{t.gflops:.1f}" if t.gflops else "-", peak)
     console.print(table)
+    where = f"timed on the boards of '{dev.rpc_key}' at {dev.tracker}" if dev.location == "rpc" else \
+        f"peak {report.peak_gflops:.0f} GFLOP/s measured by SGEMM" if report.peak_gflops else "timed here"
     console.print(f"tuning database: {out}  ({report.trials} records over {len(report.tasks)} workloads; "
-                  f"peak {report.peak_gflops:.0f} GFLOP/s measured by SGEMM; {report.seconds:.0f} s)")
+                  f"{where}; {report.seconds:.0f} s)")
 
 
 @latency_app.command("measure")
@@ -76,7 +78,8 @@ def latency_measure(
         raise typer.Exit(code=_fail(f"measurement failed: {rec.result.error}"))
     r, steps = rec.result, rec.protocol.decode_steps
     enc, dec = r.parts_ms(steps, rec.protocol.passes)
-    console.print(f"{dev.name} ({'tuned' if use else 'untuned'}): {rec.latency_ms():.3f} ms = encoder "
+    board = f" on board {r.board}" if r.board else ""
+    console.print(f"{dev.name}{board} ({'tuned' if use else 'untuned'}): {rec.latency_ms():.3f} ms = encoder "
                   f"{enc:.3f} + {steps} x step {dec:.4f}  "
                   f"(CV {100 * rec.latency_cv():.1f}%, {len(r.encoder_ms or ())} runs)")
     if rec.reference_ms is not None:  # how fast the machine ran meanwhile: the reference subnet, same session

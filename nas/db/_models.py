@@ -127,6 +127,7 @@ class Measurement(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)  # median end-to-end, derived for queries
     latency_cv: Mapped[float | None] = mapped_column(Float)
     reference_ms: Mapped[float | None] = mapped_column(Float)  # the session's reference latency (protocol.reference)
+    board: Mapped[str | None] = mapped_column(String(300))  # the board of a remote device that timed it (HOST:PORT)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     device: Mapped[Device] = relationship(back_populates="measurements")

@@ -13,7 +13,16 @@ from hwnas.db import Database
 from hwnas.jobs._store import tuning_to_use
 from hwnas.jobs._supernets import SupernetInfo, register_supernet
 from hwnas.kernels import TuneReport, count_tuning_records, tune_space
-from hwnas.latency import CollectReport, DeviceProfile, DeviceRegistry, SQLMeasurementStore, collect, load_predictor
+from hwnas.latency import (
+    CollectReport,
+    DeviceProfile,
+    DeviceRegistry,
+    SQLMeasurementStore,
+    collect,
+    load_predictor,
+    tuning_runner,
+    tuning_target,
+)
 from hwnas.latency import train_predictors as _fit
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.settings import Settings
@@ -54,14 +63,16 @@ def tuning_records(device: str, space: str, *, settings: Settings | None = None)
 def tune_kernels(*, device: DeviceProfile, space: SearchSpace, model_config: ModelConfig, records: int,
                  settings: Settings | None = None) -> TuneReport | None:
     """Tune until the (device, space) database holds `records` MetaSchedule trials (None: it already does);
-    the report lands beside the database."""
+    the report lands beside the database. Candidates are timed where the device is (`tuning_runner`): on this
+    machine, or on a remote device's boards through its tracker."""
     settings = settings or Settings()
+    runner = tuning_runner(device)  # before anything else: a remote device's boards must be there
     have = tuning_records(device.name, space.name, settings=settings)
     if have >= records:
         return None
     out = settings.tuning_dir(device.name, space.name)
-    report = tune_space(space=space, mc=model_config, target=device.target, work_dir=out, trials=records - have,
-                        decode_steps=space.source_length_tokens)
+    report = tune_space(space=space, mc=model_config, target=tuning_target(device), work_dir=out,
+                        trials=records - have, decode_steps=space.source_length_tokens, runner=runner)
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2))
     return report
 

@@ -32,6 +32,10 @@ def test_device_lifecycle(home: Path) -> None:
                              "127.0.0.1:1", "--key", "rpi4", home=home), "already exists")
     assert_clean_error(hwnas("latency", "measure", "--device", "rpi4", "--subnet", "smallest", home=home),
                        "cannot reach TVM RPC tracker 127.0.0.1:1")
+    assert_clean_error(hwnas("kernels", "tune", "--device", "rpi4", "--trials", "8", home=home),
+                       "cannot reach TVM RPC tracker 127.0.0.1:1")  # before minutes of task extraction
+    assert_clean_error(hwnas("kernels", "tune", "--device", "local-cpu-torch", "--trials", "8", home=home),
+                       "device 'local-cpu-torch' runs torch, not TVM: it has no kernels to tune")
     assert hwnas("devices", "remove", "rpi4", home=home).returncode == 0
     assert_clean_error(hwnas("devices", "show", "rpi4", home=home), "unknown device 'rpi4'")
 

@@ -90,6 +90,16 @@ class TestStoreContract:
         assert store.revision(device) == revs[2]
         assert store.revision(dataclasses.replace(device, fingerprint={**ROCKET, "cores": 8})) is None
 
+    def test_the_board_that_timed_a_record_is_kept(self, store: MeasurementStore, tiny_space: SearchSpace) -> None:
+        timed = dataclasses.replace(_record(tiny_space, 1), result=RunResult((1.0,), (0.1,), board="10.0.0.7:9090"))
+        lost = dataclasses.replace(_record(tiny_space, 2), result=RunResult(
+            error="board 10.0.0.8:9090 vanished mid-measurement", board="10.0.0.8:9090"))
+        store.add(timed)
+        store.add(lost)
+        got = store.records(device="local-cpu", space=tiny_space.name)
+        assert [r.result.board for r in got] == ["10.0.0.7:9090", "10.0.0.8:9090"]
+        assert got[0].result == timed.result and got[1].result == lost.result
+
     def test_the_sessions_reference_latency_is_kept(self, store: MeasurementStore, tiny_space: SearchSpace) -> None:
         rec = dataclasses.replace(_record(tiny_space, 1), protocol=dataclasses.replace(PROTOCOL, reference=True),
                                   reference_ms=1.25)
