@@ -42,8 +42,8 @@ ensure_binfmt() {
     grep -qx enabled "$fs/qemu-aarch64" || die "binfmt_misc entry qemu-aarch64 is disabled"
 }
 
-# Run a command inside ROOT, with proc and /dev mounted, in a clean environment (the host's PIP_*,
-# PATH etc. mean nothing there). The mounts live in a private mount namespace, so they vanish with
+# Run a command inside ROOT, with proc, sys (what a board's fingerprint reads: cores, CPU id) and /dev
+# mounted, in a clean environment (the host's PIP_*, PATH etc. mean nothing there). The mounts live in a private mount namespace, so they vanish with
 # the command however it ends (even SIGKILL): nothing to unmount, and servers sharing a root do
 # not unmount each other's /proc. Exec all the way down: the caller's PID becomes the command's.
 in_root() {
@@ -51,7 +51,7 @@ in_root() {
     shift
     exec unshare --mount --propagation private -- /bin/sh -c '
         root=$1; shift
-        mount -t proc proc "$root/proc" && mount --rbind /dev "$root/dev" || exit 1
+        mount -t proc proc "$root/proc" && mount -t sysfs sysfs "$root/sys" && mount --rbind /dev "$root/dev" || exit 1
         exec chroot "$root" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TMPDIR=/tmp PYTHONUNBUFFERED=1 \
             PATH='"$VENV"'/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"' sh "$root" "$@"
 }

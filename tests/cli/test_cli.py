@@ -1,4 +1,5 @@
-"""The CLI as users run it: a real subprocess; bad input is one line, exit code 2, no traceback."""
+"""The CLI as users run it (in this process, or a real subprocess); bad input is one line, exit code 2, no
+traceback."""
 
 from __future__ import annotations
 
@@ -20,12 +21,57 @@ SUBNET = {  # a subnet of the tiny test space
 }
 
 
-def hwnas(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}  # rich wraps tables to 80 columns when not on a terminal
-    if home:
-        env["HWNAS_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "hwnas.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+def hwnas(*args: str, home: Path | None = None, process: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the CLI as `hwnas ARGS` would, with `main`'s error handling: in this process (each command otherwise
+    pays 4-8 s of importing torch, TVM and Ray again), or in a real subprocess with `process`.
+
+    In this process, what a command changes for the rest of the process is put back: the environment, torch's
+    thread count, the CPUs this process may run on, signal handlers, hwnas's log handler, a local Ray.
+    """
+    if process:
+        env = {**os.environ, "COLUMNS": "200"}  # rich wraps tables to 80 columns when not on a terminal
+        if home:
+            env["HWNAS_HOME"] = str(home)
+        return subprocess.run([sys.executable, "-m", "hwnas.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=300)
+    return _in_process(list(args), home)
+
+
+def _in_process(args: list[str], home: Path | None) -> subprocess.CompletedProcess[str]:
+    import logging
+    import signal
+    import traceback
+
+    import ray
+    import torch
+    from typer.testing import CliRunner
+
+    from hwnas.cli import app
+    from hwnas.exceptions import HwnasError
+
+    threads, cpus = torch.get_num_threads(), os.sched_getaffinity(0)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    env = {"COLUMNS": "200", **({"HWNAS_HOME": str(home)} if home else {})}
+    try:
+        result = CliRunner().invoke(app, args, env=env, catch_exceptions=True)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        torch.set_num_threads(threads)
+        os.sched_setaffinity(0, cpus)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        log = logging.getLogger("hwnas")  # its handler holds the stderr of this invocation
+        for h in [h for h in log.handlers if getattr(h, "_hwnas", False)]:
+            log.removeHandler(h)
+    stderr, code = result.stderr, result.exit_code
+    error = result.exception
+    if isinstance(error, HwnasError):  # what `hwnas.cli.main` does with it
+        stderr, code = stderr + f"error: {error}\n", 2
+    elif error is not None and not isinstance(error, SystemExit):
+        stderr += "".join(traceback.format_exception(error))
+        code = code or 1
+    return subprocess.CompletedProcess(["hwnas", *args], code, result.stdout, stderr)
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:

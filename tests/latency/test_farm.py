@@ -90,6 +90,7 @@ def test_a_board_that_vanishes_costs_only_its_attempt(farm: LoopbackFarm, librar
     assert {r.board for r in results} <= {killed, left}
 
 
+@pytest.mark.slow  # 30 s: a farm of its own; the retry test above covers the same loss
 def test_without_retries_the_lost_subnet_is_a_failure_naming_its_board(farm: LoopbackFarm,
                                                                         libraries: list[RunInput]) -> None:
     runner = RPCRunner(tracker=farm.tracker, key=KEY, timeout_s=120, attempts=1)
@@ -100,6 +101,7 @@ def test_without_retries_the_lost_subnet_is_a_failure_naming_its_board(farm: Loo
     assert sum(r.ok for r in results) == 3 and results[-1].board == left
 
 
+@pytest.mark.slow  # 35 s: a farm of its own
 def test_when_every_board_vanishes_the_rest_fail_as_data(libraries: list[RunInput], tmp_path: Path) -> None:
     with loopback_farm(KEY, boards=1) as farm:
         runner = RPCRunner(tracker=farm.tracker, key=KEY, timeout_s=120)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from hwnas.exceptions import MeasurementError
-from hwnas.kernels import host_target
-from hwnas.latency import DeviceProfile, builtin_device, builtin_devices, tuning_runner
-from hwnas.search_spaces import SearchSpace
+from hwnas.kernels import host_target, tune_space
+from hwnas.latency import DeviceProfile, builtin_device, builtin_devices, tuning_runner, tuning_target
+from hwnas.search_spaces import SearchSpace, get_space
 from hwnas.supernet import ModelConfig
 
 
@@ -28,6 +29,11 @@ def test_only_tvm_devices_here_or_behind_a_tracker_are_tuned() -> None:
         return DeviceProfile(**{"name": "d", "kind": "cpu", "target": host_target(), **kw})  # type: ignore[arg-type]
 
     assert tuning_runner(profile()) is None  # this machine: MetaSchedule's local runner
+    bare = {k: v for k, v in host_target().items() if k != "num-cores"}
+    assert tuning_target(profile(target=bare)) == {**bare, "num-cores": os.cpu_count()}  # MetaSchedule needs them
+    with pytest.raises(MeasurementError, match="a CPU target needs 'num-cores'"):
+        tune_space(space=get_space("quickstart"), mc=ModelConfig(vocab_size=40, qkv_dim=64), target=bare, work_dir="unused",
+                   trials=1, decode_steps=1)
     with pytest.raises(MeasurementError, match="runs torch, not TVM: it has no kernels to tune"):
         tuning_runner(profile(runtime="torch"))
     with pytest.raises(MeasurementError, match="is a Ray node: tune it there"):
@@ -41,7 +47,6 @@ def test_local_gpu_is_tuned_and_measured_on_the_gpu(tmp_path: Path, tiny_space: 
                                                     tiny_mc: ModelConfig) -> None:
     """Only with `-m gpu` on a machine with a CUDA device: MetaSchedule tunes CUDA kernels on it, and a subnet
     built with them runs there."""
-    from hwnas.kernels import tune_space
     from hwnas.latency import measure
 
     gpu = builtin_device("local-gpu")
