@@ -29,6 +29,7 @@ from hwnas.kernels import BuildInput, BuildResult, TVMBuilder, count_tuning_reco
 from hwnas.latency._devices import DeviceProfile, fingerprint_key, probe_fingerprint, protocol_for
 from hwnas.latency._predictor import Sample
 from hwnas.latency._protocol import MeasureConfig, RunResult
+from hwnas.latency._rpc import tracker_boards
 from hwnas.latency._runner import (
     OrtRunner,
     RPCRunner,
@@ -36,7 +37,6 @@ from hwnas.latency._runner import (
     Runner,
     TorchRunner,
     TVMLocalRunner,
-    check_tracker,
 )
 from hwnas.search_spaces import SearchSpace, SubnetConfig
 from hwnas.supernet import ModelConfig
@@ -236,7 +236,7 @@ def measure(*, device: DeviceProfile, space: SearchSpace, model_config: ModelCon
     protocol = protocol_for(device, space)
     runner = runner_for(device, timeout_s=timeout_s)
     if isinstance(runner, RPCRunner):
-        check_tracker(runner.tracker, runner.key)  # before minutes of building for a board that is not there
+        tracker_boards(runner.tracker, runner.key)  # before minutes of building for a board that is not there
     fingerprint = fingerprint if fingerprint is not None else probe_fingerprint(device)
 
     def build_input(cfg: SubnetConfig) -> BuildInput:

@@ -114,11 +114,12 @@ def tuning_runner(device: DeviceProfile, *, session_timeout_s: float = 120.0) ->
 
 def tuning_target(device: DeviceProfile) -> dict[str, Any]:
     """The target `device` is tuned for: its own, with the cores MetaSchedule splits parallel loops by
-    (`num-cores`) taken from the device's probed fingerprint when the target leaves them out (a board's
-    target usually does; MetaSchedule refuses to tune a CPU without them)."""
+    (`num-cores`) when the target leaves them out (a board's target usually does; MetaSchedule refuses to tune
+    a CPU without them): the threads its protocol pins, else the cores of its probed fingerprint, so that
+    kernels are tuned for the threads they will be timed with."""
     target = dict(device.target)
     if target.get("kind") == "llvm" and "num-cores" not in target:
-        cores = probe_fingerprint(device).get("cores")
+        cores = device.protocol.threads or probe_fingerprint(device).get("cores")
         if not isinstance(cores, int) or cores < 1:
             raise MeasurementError(f"device '{device.name}': its target has no 'num-cores' and the board did not "
                                    f"report its cores; add \"num-cores\" to the target to tune it")

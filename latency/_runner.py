@@ -437,11 +437,6 @@ class OrtRunner(_PooledRunner):
         return (item.build, protocol)
 
 
-def check_tracker(tracker: str, key: str, *, timeout_s: float = 5.0) -> list[str]:
-    """The boards of `key` at the tracker; one clear line when the tracker is unreachable or has none."""
-    return tracker_boards(tracker, key, timeout_s=timeout_s)
-
-
 # What an RPC measurement sends back from its worker: ("ok", (encoder_ms, decoder_step_ms), board),
 # ("error", message, board) or ("lost", message, board) when the board vanished from the tracker meanwhile.
 _RPCOutcome = tuple[str, Any, str | None]
@@ -513,7 +508,7 @@ class RPCRunner(Runner):
 
         from tvm.support.popen_pool import PopenPoolExecutor
 
-        boards = len(check_tracker(self.tracker, self.key))  # a setup error is one clear error, not N records
+        boards = len(tracker_boards(self.tracker, self.key))  # a setup error is one clear error, not N records
         if any(item.artifact is None for item in inputs):
             raise ValueError("RPCRunner needs built artifacts (RunInput.artifact)")
         results: list[RunResult | None] = [None] * len(inputs)

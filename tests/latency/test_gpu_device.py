@@ -9,7 +9,7 @@ import pytest
 
 from hwnas.exceptions import MeasurementError
 from hwnas.kernels import host_target, tune_space
-from hwnas.latency import DeviceProfile, builtin_device, builtin_devices, tuning_runner, tuning_target
+from hwnas.latency import DeviceProfile, MeasureConfig, builtin_device, builtin_devices, tuning_runner, tuning_target
 from hwnas.search_spaces import SearchSpace, get_space
 from hwnas.supernet import ModelConfig
 
@@ -31,9 +31,11 @@ def test_only_tvm_devices_here_or_behind_a_tracker_are_tuned() -> None:
     assert tuning_runner(profile()) is None  # this machine: MetaSchedule's local runner
     bare = {k: v for k, v in host_target().items() if k != "num-cores"}
     assert tuning_target(profile(target=bare)) == {**bare, "num-cores": os.cpu_count()}  # MetaSchedule needs them
+    pinned = profile(target=bare, protocol=MeasureConfig(threads=1))
+    assert tuning_target(pinned)["num-cores"] == 1  # tuned for the threads it is timed with
     with pytest.raises(MeasurementError, match="a CPU target needs 'num-cores'"):
-        tune_space(space=get_space("quickstart"), mc=ModelConfig(vocab_size=40, qkv_dim=64), target=bare, work_dir="unused",
-                   trials=1, decode_steps=1)
+        tune_space(space=get_space("quickstart"), mc=ModelConfig(vocab_size=40, qkv_dim=64), target=bare,
+                   work_dir="unused", trials=1, decode_steps=1)
     with pytest.raises(MeasurementError, match="runs torch, not TVM: it has no kernels to tune"):
         tuning_runner(profile(runtime="torch"))
     with pytest.raises(MeasurementError, match="is a Ray node: tune it there"):
