@@ -66,9 +66,9 @@ from hwnas.latency._registry import (
 )
 from hwnas.latency._rpc import (
     LoopbackFarm,
+    claim_board,
     loopback_farm,
     loopback_rpc,
-    request_board,
     server_command,
     tracker_boards,
     tracker_command,
@@ -120,6 +120,7 @@ __all__ = [
     "accuracy",
     "builtin_device",
     "builtin_devices",
+    "claim_board",
     "collect",
     "cpu_model",
     "create_predictor",
@@ -153,7 +154,6 @@ __all__ = [
     "revision_fields",
     "runner_for",
     "save_predictor",
-    "request_board",
     "server_command",
     "split",
     "split_passes",

@@ -1,8 +1,8 @@
 """TVM RPC plumbing: a tracker, device servers that join it (`hwnas devices serve`), and the boards of a key.
 
 A key may have several boards (a board farm): the tracker hands each session request the next free one.
-`tracker_boards` lists them; `request_board` opens a session and says which board it got, so that a
-measurement names the board that timed it.
+`tracker_boards` lists them; `claim_board` says which board a request got, so that a measurement names the
+board that timed it.
 """
 
 from __future__ import annotations
@@ -70,29 +70,27 @@ def tracker_boards(tracker: str, key: str, *, timeout_s: float = 5.0) -> list[st
     return boards
 
 
-def request_board(tracker: str, key: str, *, session_timeout_s: float, wait_s: float = 600.0) -> tuple[Any, str]:
-    """A session on the next free board of `key` and that board ("HOST:PORT"), waiting at most `wait_s` for
-    one to be free.
+def claim_board(tracker: str, key: str, *, wait_s: float = 600.0) -> tuple[str, int, str]:
+    """The next free board of `key` as the tracker hands it out: (host, port, match key) to open a session with
+    (`tvm.rpc.connect(host, port, key=match_key, ...)`), waiting at most `wait_s` for one to be free.
 
     TVM's `TrackerSession.request` does the same exchange but keeps the board's address to itself.
     """
-    from tvm import rpc
     from tvm.rpc import base
 
-    host, port = parse_tracker(tracker)
-    with socket.create_connection((host, port), timeout=wait_s) as sock:
+    with socket.create_connection(parse_tracker(tracker), timeout=wait_s) as sock:
         sock.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
         if struct.unpack("<i", base.recvall(sock, 4))[0] != base.RPC_TRACKER_MAGIC:
             raise MeasurementError(f"{tracker} is not a TVM RPC tracker")
         base.sendjson(sock, [base.TrackerCode.REQUEST, key, "", 1])
         try:
-            code, (url, board_port, matchkey) = base.recvjson(sock)
+            code, (host, port, match_key) = base.recvjson(sock)
         except TimeoutError:
             raise MeasurementError(f"no board with key '{key}' at tracker {tracker} was free within "
                                    f"{wait_s:.0f} s") from None
     if code != base.TrackerCode.SUCCESS:
         raise MeasurementError(f"tracker {tracker} refused a session for key '{key}' ({code})")
-    return rpc.connect(url, board_port, matchkey, session_timeout_s), f"{url}:{board_port}"
+    return str(host), int(port), str(match_key)
 
 
 def tuning_runner(device: DeviceProfile, *, session_timeout_s: float = 120.0) -> Any | None:

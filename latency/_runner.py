@@ -44,7 +44,7 @@ from hwnas.kernels import (
     subnet_model,
 )
 from hwnas.latency._protocol import MeasureConfig, RunResult
-from hwnas.latency._rpc import request_board, tracker_boards
+from hwnas.latency._rpc import claim_board, tracker_boards
 from hwnas.search_spaces import SubnetConfig
 from hwnas.supernet import ModelConfig
 
@@ -447,15 +447,17 @@ def _measure_rpc(artifact: str, protocol: MeasureConfig, tracker: str, key: str,
     """Upload the library to the next free board of `key`, time both functions there with TVM's on-device
     timer; failures as data, naming the board."""
     import tvm
+    from tvm import rpc
     from tvm.runtime.vm import VirtualMachine
 
     meta = json.loads((Path(artifact) / "meta.json").read_text())
     try:
-        remote, board = request_board(tracker, key, session_timeout_s=session_timeout_s,
-                                      wait_s=session_timeout_s)
-    except (MeasurementError, RuntimeError, OSError) as e:
+        host, port, match_key = claim_board(tracker, key, wait_s=session_timeout_s)
+    except (MeasurementError, OSError) as e:
         return "error", _describe(e), None
-    try:
+    board = f"{host}:{port}"
+    try:  # from here on a failure may be the board's going: the tracker can hand out a board as it dies
+        remote = rpc.connect(host, port, match_key, session_timeout_s)
         remote.upload(str(Path(artifact) / meta["library"]))
         lib = remote.load_module(meta["library"])
         dev = remote.cuda(0) if meta["target"].get("kind") == "cuda" else remote.cpu(0)

@@ -47,6 +47,7 @@ def _printed_paths(output: str) -> dict[str, str]:
     return {m[1]: m[2] for m in re.finditer(r"^  ([A-Za-z ]+):\s+(\S+)  \(", output, re.MULTILINE)}
 
 
+@pytest.mark.slow  # the whole quickstart: 4-5 min on 2 cores; each stage has faster tests
 def test_quickstart_produces_every_artifact(run: tuple[Path, str, dict]) -> None:
     from hwnas.db import Database
     from hwnas.export import load_bundle
@@ -87,6 +88,7 @@ def test_quickstart_produces_every_artifact(run: tuple[Path, str, dict]) -> None
     assert "budget" in output and "predicted smallest" in output  # the budget says what it is based on
 
 
+@pytest.mark.slow  # the whole quickstart: 4-5 min on 2 cores; each stage has faster tests
 def test_quickstart_rerun_reuses_the_cached_stages(run: tuple[Path, str, dict], bible_dir: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A second run trains and tunes nothing: same checkpoint file (untouched), same tuning records."""
@@ -122,6 +124,7 @@ def _readme_python_example() -> str:
     return section[section.index("```python\n") + len("```python\n"):section.index("\n```", section.index("```python"))]
 
 
+@pytest.mark.slow  # the whole quickstart: 4-5 min on 2 cores; each stage has faster tests
 def test_readme_python_example_runs(run: tuple[Path, str, dict], bible_dir: Path, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's Python example, as written but with the quickstart test's sizes, in the workspace the quickstart
