@@ -36,10 +36,10 @@ from hwnas.kernels import (
     input_specs,
     onnx_feed,
     onnx_sessions,
+    prepare,
     random_inputs,
     subnet_model,
 )
-from hwnas.kernels._build import prepare
 from hwnas.latency import local_fingerprint
 from hwnas.search_spaces import get_space
 from hwnas.supernet import ModelConfig

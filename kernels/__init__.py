@@ -17,6 +17,7 @@ from hwnas.kernels._build import (
     export_relax,
     host_target,
     make_target,
+    prepare,
     subnet_model,
 )
 from hwnas.kernels._graphs import DecoderStepGraph, EncoderGraph, GraphSpec, example_inputs, input_specs, random_inputs
@@ -72,6 +73,7 @@ __all__ = [
     "onnx_feed",
     "onnx_session",
     "onnx_sessions",
+    "prepare",
     "quiet_tracer",
     "random_inputs",
     "rpc_tuning_runner",

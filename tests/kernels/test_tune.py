@@ -34,8 +34,7 @@ def test_tuning_on_the_boards_of_a_key_writes_records_a_host_build_applies(tmp_p
     import tvm
     from tvm import relax
 
-    from hwnas.kernels import export_relax, make_target, rpc_tuning_runner
-    from hwnas.kernels._build import prepare
+    from hwnas.kernels import export_relax, make_target, prepare, rpc_tuning_runner
     from hwnas.latency import loopback_farm, parse_tracker, tracker_boards
     from hwnas.supernet import SubTransformer, init_weights
 
